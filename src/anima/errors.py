@@ -1,0 +1,16 @@
+"""Error types that decide the CLI's exit status.
+
+`InputError` is bad input from the user (spec, image, weights): the CLI prints one line
+``error: <what>, <where>`` and exits with status 2. Anything else is an internal error (status 1).
+"""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad user input. The message is one line naming what is wrong and where."""
+
+    def __init__(self, what: str, where: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        super().__init__(f"{what}, {where}" if where else what)
