@@ -1,0 +1,372 @@
+"""MotionSpec: the one user-facing description of an animation (DESIGN.md, "One data flow").
+
+A MotionSpec is a versioned JSON document. Every method reads it; the CLI, the studio and the
+Python API produce and consume it. Unknown fields are rejected, and every validation error is
+reported as one line naming the JSON path, e.g. ``objects[0].trajectory[2].depth: must be > 0``.
+
+Coordinates follow the project's conventions: pixels x right, y down, in the grid of the image
+after resizing to ``size``; time ``t`` in [0, 1] over the clip; ``depth`` is a DISTANCE from the
+camera in scene units (the units of the scene's distance map), so an object moved from distance
+d0 to d1 is scaled by d0/d1 in the image. An object moves by the 3D displacement of its
+trajectory from the first keyframe (LeviTor Eq. 7), so the first keyframe sits on the object.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from anima.errors import InputError
+
+SPEC_VERSION = 1
+SCHEMA_ID = "https://anima.dev/schema/motionspec/v1.json"
+
+Vec3 = tuple[float, float, float]
+
+
+class _Strict(BaseModel):
+    """Base for every spec model: unknown fields are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _check_increasing(times: list[float]) -> None:
+    """Keyframe times must strictly increase. The message starts with the item's sub-path,
+    which `_message` joins onto the list's JSON path."""
+    for i in range(1, len(times)):
+        if times[i] <= times[i - 1]:
+            raise ValueError(
+                f"[{i}].t: must be greater than the previous keyframe's t ({times[i - 1]:g})"
+            )
+
+
+class Keyframe(_Strict):
+    """One trajectory keyframe of an object's anchor point."""
+
+    t: float = Field(ge=0.0, le=1.0, description="Time in [0, 1] over the clip.")
+    x: float = Field(description="Anchor x in pixels (may leave the image).")
+    y: float = Field(description="Anchor y in pixels (may leave the image).")
+    depth: float = Field(gt=0.0, description="Anchor distance from the camera, scene units.")
+    rotation: Vec3 | None = Field(
+        default=None,
+        description="Rotation about the object's centre, degrees about the camera's x, y, z "
+        "axes (applied in that order). Missing means (0, 0, 0).",
+    )
+
+
+class SceneObject(_Strict):
+    """An object to animate: a selection (mask | box | points) and a trajectory."""
+
+    id: int = Field(gt=0, le=255, description="Instance id (1..255), unique in the spec.")
+    label: str | None = Field(default=None, description="Free text, for people.")
+    mask: str | None = Field(default=None, description="Mask image path, relative to the spec.")
+    box: tuple[float, float, float, float] | None = Field(
+        default=None, description="Selection box [x0, y0, x1, y1] in pixels."
+    )
+    points: list[tuple[float, float]] | None = Field(
+        default=None, min_length=1, description="Selection clicks [[x, y], ...] in pixels."
+    )
+    trajectory: list[Keyframe] = Field(
+        default_factory=list,
+        description="Keyframes; empty means the object stays where it is (still an instance).",
+    )
+
+    @field_validator("box")
+    @classmethod
+    def _box_ordered(cls, box: tuple[float, float, float, float] | None):
+        if box is not None and not (box[0] < box[2] and box[1] < box[3]):
+            raise ValueError("must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+        return box
+
+    @field_validator("trajectory")
+    @classmethod
+    def _trajectory_increasing(cls, keyframes: list[Keyframe]):
+        _check_increasing([k.t for k in keyframes])
+        return keyframes
+
+    @model_validator(mode="after")
+    def _one_selection(self):
+        chosen = [n for n in ("mask", "box", "points") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            found = ", ".join(chosen) if chosen else "none"
+            raise ValueError(f"needs exactly one of mask, box, points (found: {found})")
+        return self
+
+    @property
+    def moves(self) -> bool:
+        """Whether the trajectory displaces or rotates the object at all."""
+        if len(self.trajectory) < 2:
+            return False
+        first = self.trajectory[0]
+        first_rot = first.rotation or (0.0, 0.0, 0.0)
+        return any(
+            (k.x, k.y, k.depth) != (first.x, first.y, first.depth)
+            or (k.rotation or (0.0, 0.0, 0.0)) != first_rot
+            for k in self.trajectory[1:]
+        )
+
+
+class CameraKeyframe(_Strict):
+    """A camera pose at time t, relative to the first frame's camera."""
+
+    t: float = Field(ge=0.0, le=1.0)
+    position: Vec3 = Field(
+        default=(0.0, 0.0, 0.0),
+        description="Camera centre in the first frame's camera coordinates (x right, y down, "
+        "z forward), scene units.",
+    )
+    rotation: Vec3 = Field(
+        default=(0.0, 0.0, 0.0),
+        description="Camera rotation, degrees about x (tilt), y (pan), z (roll), in that order.",
+    )
+    zoom: float = Field(default=1.0, gt=0.0, description="Focal-length multiplier.")
+
+
+class KeyframeCamera(_Strict):
+    """Camera path from keyframes, interpolated by PCHIP like object trajectories."""
+
+    type: Literal["keyframes"]
+    keyframes: list[CameraKeyframe] = Field(min_length=1)
+
+    @field_validator("keyframes")
+    @classmethod
+    def _keyframes_increasing(cls, keyframes: list[CameraKeyframe]):
+        _check_increasing([k.t for k in keyframes])
+        return keyframes
+
+
+class PanCamera(_Strict):
+    """Translate the camera parallel to the image plane (a truck/pedestal move)."""
+
+    type: Literal["pan"]
+    x: float = Field(default=0.0, description="Rightward travel, fraction of the median distance.")
+    y: float = Field(default=0.0, description="Downward travel, fraction of the median distance.")
+
+
+class DollyCamera(_Strict):
+    """Move the camera along its optical axis."""
+
+    type: Literal["dolly"]
+    distance: float = Field(
+        lt=1.0, description="Forward travel as a fraction of the median distance (< 0 = back)."
+    )
+
+
+class ZoomCamera(_Strict):
+    """Change the focal length; the camera does not move."""
+
+    type: Literal["zoom"]
+    factor: float = Field(gt=0.0, description="Focal-length multiplier reached at t = 1.")
+
+
+class OrbitCamera(_Strict):
+    """Rotate the camera around a pivot on the optical axis, looking at the pivot."""
+
+    type: Literal["orbit"]
+    degrees: float = Field(ge=-180.0, le=180.0, description="Orbit angle reached at t = 1.")
+    axis: Literal["x", "y"] = Field(default="y", description="y: horizontal orbit, x: vertical.")
+    pivot: float | None = Field(
+        default=None, gt=0.0, description="Pivot distance; default the median scene distance."
+    )
+
+
+Camera = Annotated[
+    KeyframeCamera | PanCamera | DollyCamera | ZoomCamera | OrbitCamera,
+    Field(discriminator="type"),
+]
+
+
+class MotionSpec(_Strict):
+    """The animation of one image (JSON document, version 1)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        allow_inf_nan=False,
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    version: Literal[1] = Field(description="Spec format version.")
+    image: str = Field(min_length=1, description="Input image path, relative to the spec file.")
+    size: (
+        tuple[Annotated[int, Field(ge=16, le=4096)], Annotated[int, Field(ge=16, le=4096)]] | None
+    ) = Field(default=None, description="Working size [H, W]; default the image's own size.")
+    num_frames: int = Field(default=16, ge=2, le=1024)
+    fps: float = Field(default=8.0, gt=0.0, le=240.0)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    prompt: str = ""
+    negative_prompt: str = ""
+    depth: str | None = Field(
+        default=None,
+        description="Distance map path: .npy float distances or 16-bit PNG (value / 1000).",
+    )
+    fov: float = Field(
+        default=60.0, gt=1.0, lt=179.0, description="Horizontal field of view, degrees."
+    )
+    objects: list[SceneObject] = Field(default_factory=list)
+    camera: Camera | None = Field(default=None, description="Camera motion; none = static.")
+    method: str | None = Field(default=None, description="Method name; default from weights.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Method options, validated by the method."
+    )
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("objects")
+    @classmethod
+    def _unique_ids(cls, objects: list[SceneObject]):
+        seen: set[int] = set()
+        for i, obj in enumerate(objects):
+            if obj.id in seen:
+                raise ValueError(f"[{i}].id: {obj.id} is already used by another object")
+            seen.add(obj.id)
+        return objects
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative paths in the spec are resolved against."""
+        return self._base_dir
+
+    def with_base_dir(self, base_dir: Path) -> MotionSpec:
+        self._base_dir = Path(base_dir)
+        return self
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the spec, resolved against the spec file's directory."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self._base_dir / path
+
+    @property
+    def moved_ids(self) -> set[int]:
+        return {obj.id for obj in self.objects if obj.moves}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, saving, error messages
+
+
+def _json_path(loc: tuple[Any, ...]) -> str:
+    """('objects', 0, 'trajectory', 2, 'depth') -> 'objects[0].trajectory[2].depth'."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i > 0 and loc[i - 1] == "camera" and part in _CAMERA_TYPES:
+            continue  # the discriminated-union tag pydantic inserts; not part of the JSON path
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+_CAMERA_TYPES = {"keyframes", "pan", "dolly", "zoom", "orbit"}
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+
+
+def _message(error: dict[str, Any]) -> str:
+    """A short, human message for one pydantic error."""
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[kind]}"
+    comparisons = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
+    comparisons["less_than_equal"] = "<="
+    if kind in comparisons:
+        bound = next(iter(ctx.values()))
+        return f"must be {comparisons[kind]} {bound:g}"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected', 'one of the allowed values')}"
+    if kind in {"too_short", "too_long"}:
+        return error["msg"][0].lower() + error["msg"][1:]
+    if kind == "union_tag_invalid":
+        return f"unknown type {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return f"needs a 'type' field ({ctx.get('expected_tags', 'see the schema')})"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "finite_number":
+        return "must be a finite number"
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """The first error as ``json.path: message`` (with a count of the others)."""
+    errors = exc.errors()
+    first = errors[0]
+    path, message = _json_path(first["loc"]), _message(first)
+    if message.startswith("["):  # a list validator naming the item: join it onto the path
+        item, _, message = message.partition(": ")
+        path += item
+    text = f"{path}: {message}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more)"
+    return text
+
+
+def parse_spec(data: Any, where: str = "spec", base_dir: Path | None = None) -> MotionSpec:
+    """Validate a decoded JSON document; raise `InputError` naming the JSON path."""
+    if not isinstance(data, dict):
+        raise InputError("the spec must be a JSON object", where)
+    try:
+        spec = MotionSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc), where) from None
+    return spec.with_base_dir(base_dir or Path.cwd())
+
+
+def load_spec(path: str | Path) -> MotionSpec:
+    """Read and validate a spec file; relative paths inside resolve against its directory."""
+    path = Path(path)
+    where = f"in {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"spec file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read spec file {path}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", where
+        ) from None
+    return parse_spec(data, where, base_dir=path.resolve().parent)
+
+
+def spec_to_json(spec: MotionSpec) -> str:
+    """The spec as indented JSON (defaults included, None fields left out)."""
+    return spec.model_dump_json(indent=2, exclude_none=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of MotionSpec v1."""
+    schema = MotionSpec.model_json_schema()
+    return {"$schema": schema.pop("$schema"), "$id": SCHEMA_ID, **schema}
