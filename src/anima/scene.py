@@ -16,6 +16,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 
 from anima.camera import intrinsics_from_fov, pixel_grid, unproject
@@ -25,6 +27,11 @@ from anima.perception.depth import estimate_distance
 from anima.perception.segmentation import mask_from_box, mask_from_points
 from anima.spec import MotionSpec, SceneObject
 from anima.weights import DEPTH_ANYTHING, SAM, Weights
+
+
+# Automatic masks (GrabCut, SAM) stop short of soft edges; growing them by a few pixels lets a
+# moved object take its edge pixels along instead of leaving a ghost outline behind.
+SELECTION_GROWTH = 2
 
 
 @dataclass
@@ -63,7 +70,7 @@ def _object_mask(
             raise InputError(
                 f"box {list(obj.box)} lies outside the {size[1]}x{size[0]} image", f"{where}.box"
             )
-        return mask_from_box(image, obj.box)
+        return grow_mask(mask_from_box(image, obj.box), SELECTION_GROWTH)
     assert obj.points is not None
     for j, (x, y) in enumerate(obj.points):
         if not (0 <= x <= size[1] - 1 and 0 <= y <= size[0] - 1):
@@ -71,7 +78,16 @@ def _object_mask(
                 f"point ({x:g}, {y:g}) lies outside the {size[1]}x{size[0]} image",
                 f"{where}.points[{j}]",
             )
-    return mask_from_points(image, obj.points, sam_dir=weights.component_dir(SAM))
+    found = mask_from_points(image, obj.points, sam_dir=weights.component_dir(SAM))
+    return grow_mask(found, SELECTION_GROWTH)
+
+
+def grow_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Dilate a mask by ``pixels`` (a (2p+1)-square structuring element)."""
+    if pixels <= 0:
+        return mask
+    kernel = np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)
+    return torch.from_numpy(cv2.dilate(mask.numpy().astype(np.uint8), kernel) > 0)
 
 
 def _instance_map(

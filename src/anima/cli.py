@@ -1,0 +1,258 @@
+"""The ``anima`` command line (DESIGN.md, "CLI contract").
+
+Exit status: 0 success; 2 bad input (one line ``error: <what>, <where>`` on stderr, no traceback,
+no output file left behind); 1 internal error (with a traceback, for a bug report).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+
+from anima.errors import InputError
+from anima.io import atomic_path, write_video
+from anima.methods.registry import get_method, method_names
+from anima.pipeline import AnimateResult, animate, resolve_spec, write_dump
+from anima.spec import json_schema, load_spec
+from anima.weights import PERCEPTION_COMPONENTS, Weights
+
+app = typer.Typer(
+    name="anima",
+    help="Animate a single image into a video under precise 3D motion control.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+spec_app = typer.Typer(
+    help="Validate specs and print the MotionSpec JSON Schema.", no_args_is_help=True
+)
+weights_app = typer.Typer(
+    help="What each method needs and what is present.", invoke_without_command=True
+)
+app.add_typer(spec_app, name="spec")
+app.add_typer(weights_app, name="weights")
+
+console = Console(stderr=True)
+
+WeightsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--weights", help="Weights directory, or 'tiny' / 'toy' (default $ANIMA_WEIGHTS)."
+    ),
+]
+
+
+def _run_and_write(
+    spec_path: Path,
+    out: Path,
+    *,
+    method: str | None,
+    dump: Path | None,
+    weights: str | None,
+    device: str,
+    dtype: str,
+    seed: int | None,
+    frames: int | None,
+    allow_pickle: bool,
+    quiet: bool,
+) -> AnimateResult:
+    if out.suffix.lower() not in {".mp4", ".gif", ""}:
+        raise InputError(f"unsupported output '{out}' (use .mp4, .gif or a directory)", "-o")
+    resolved_weights = Weights.resolve(weights, allow_pickle=allow_pickle)
+    spec = resolve_spec(
+        load_spec(spec_path), method=method, seed=seed, num_frames=frames, weights=resolved_weights
+    )
+    out_console = Console(stderr=True, quiet=quiet)
+    with out_console.status("starting") as status:
+        result = animate(
+            spec,
+            resolved_weights,
+            device=device,
+            dtype=dtype,
+            on_stage=lambda text: status.update(text),
+        )
+        status.update(f"writing {out}")
+        write_video(out, result.frames, spec.fps, where="-o")
+        if dump is not None:
+            try:
+                write_dump(dump, result)
+            except BaseException:
+                out.unlink(missing_ok=True)  # nothing half-written: the run failed as a whole
+                raise
+    height, width = result.frames.shape[-2:]
+    timing = ", ".join(f"{k} {v:.2f}s" for k, v in result.seconds.items())
+    out_console.print(
+        f"wrote {out} ({len(result.frames)} frames, {width}x{height}, "
+        f"method {spec.method}; {timing})"
+    )
+    return result
+
+
+@app.command("animate")
+def animate_command(
+    spec: Annotated[Path, typer.Argument(help="MotionSpec JSON file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .mp4, .gif or folder.")],
+    method: Annotated[
+        str | None,
+        typer.Option(help="Method name (default: spec, then coarse when no weights are set)."),
+    ] = None,
+    dump: Annotated[Path | None, typer.Option(help="Write every intermediate here.")] = None,
+    weights: WeightsOption = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    seed: Annotated[int | None, typer.Option(help="Override the spec's seed.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Override the spec's num_frames.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Animate the image of SPEC and write the video to OUTPUT."""
+    _run_and_write(
+        spec,
+        output,
+        method=method,
+        dump=dump,
+        weights=weights,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        frames=frames,
+        allow_pickle=allow_pickle,
+        quiet=quiet,
+    )
+
+
+@app.command("demo")
+def demo_command(
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("anima-demo.mp4"),
+    dump: Annotated[Path | None, typer.Option(help="Write every intermediate here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Animate the embedded sample photo with the weight-free coarse method."""
+    with resources.as_file(resources.files("anima") / "assets" / "demo" / "spec.json") as path:
+        _run_and_write(
+            path,
+            output,
+            method=None,
+            dump=dump,
+            weights=None,
+            device="cpu",
+            dtype="float32",
+            seed=None,
+            frames=None,
+            allow_pickle=False,
+            quiet=quiet,
+        )
+
+
+@spec_app.command("validate")
+def spec_validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files.")],
+    check_files: Annotated[bool, typer.Option(help="Also check that named files exist.")] = True,
+) -> None:
+    """Check spec files; the first error is reported with its JSON path."""
+    for path in specs:
+        spec = load_spec(path)
+        if check_files:
+            named = [("image", spec.image), ("depth", spec.depth)] + [
+                (f"objects[{i}].mask", o.mask) for i, o in enumerate(spec.objects)
+            ]
+            for where, relative in named:
+                if relative is not None and not spec.resolve(relative).is_file():
+                    raise InputError(
+                        f"file not found: {spec.resolve(relative)}", f"{where} in {path}"
+                    )
+        if spec.method:
+            get_method(spec.method).parse_options(spec.options)
+        print(f"{path}: ok")
+
+
+@spec_app.command("schema")
+def spec_schema(
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to a file.")] = None,
+) -> None:
+    """Print the MotionSpec JSON Schema."""
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with atomic_path(output) as tmp:
+        tmp.write_text(text)
+
+
+@weights_app.callback()
+def weights_list(ctx: typer.Context, weights: WeightsOption = None) -> None:
+    """List each method and perception backend, what it needs, and what is present."""
+    if ctx.invoked_subcommand is not None:
+        return
+    source = Weights.resolve(weights)
+    print(f"weights: {source.describe()}")
+    for component in PERCEPTION_COMPONENTS:
+        state = "present" if component.present(source.root) else "absent (fallback used)"
+        print(f"  perception/{component.subdir:<16} {state:<24} {component.purpose}")
+    for name in method_names():
+        cls = get_method(name)
+        if not cls.components:
+            print(f"  {name:<27} {'ready (no weights)':<24} {cls.summary}")
+            continue
+        missing = [
+            c.subdir for c in cls.components if not c.optional and not c.present(source.root)
+        ]
+        ready = source.builtin in cls.builtin_weights or not missing
+        state = "ready" if ready else "missing " + ", ".join(missing)
+        print(f"  {name:<27} {state:<24} {cls.summary}")
+
+
+@weights_app.command("check")
+def weights_check(method: str, weights: WeightsOption = None) -> None:
+    """Exit 0 when METHOD can run with the configured weights, else name what is missing."""
+    cls = get_method(method)
+    source = Weights.resolve(weights)
+    if source.builtin in cls.builtin_weights:
+        print(f"{method}: ready (built-in '{source.builtin}')")
+        return
+    for component in cls.components:
+        if not component.optional and not component.present(source.root):
+            folder = (source.root / component.subdir) if source.root else component.subdir
+            files = ", ".join(component.required_files)
+            raise InputError(f"{method} needs {files} in {folder}", "--weights")
+    print(f"{method}: ready")
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    console.print(f"warning: {message}", markup=False, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and maps errors to exit statuses."""
+    warnings.showwarning = _print_warning
+    try:
+        app(args=argv, standalone_mode=False, prog_name="anima")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
+    except click.ClickException as exc:  # usage errors: bad option, missing argument
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print("internal error (a bug): please report the traceback above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

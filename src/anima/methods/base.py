@@ -1,0 +1,77 @@
+"""What every method is: a name, what it needs, and two steps (DESIGN.md, "Package layout").
+
+``prepare(spec, scene) -> Controls`` turns the spec and scene into what the method's generator is
+conditioned on; ``generate(controls) -> frames`` makes the video. The CLI and the studio look
+methods up by name (`anima.methods.registry`) and never special-case one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from anima.errors import InputError
+from anima.render import RenderResult
+from anima.scene import Scene
+from anima.spec import MotionSpec, format_validation_error
+from anima.weights import Component, Weights
+
+
+class NoOptions(BaseModel):
+    """A method without options: any key in ``spec.options`` is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Controls:
+    """What a generator is conditioned on. ``render`` is the coarse 3D render when the method
+    uses one (the ``--dump`` writes it)."""
+
+    spec: MotionSpec
+    scene: Scene
+    render: RenderResult | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The method's control signal as JSON (``controls.json`` in a dump)."""
+        return {}
+
+
+class Method(ABC):
+    """Base class of every method. Subclasses set the class attributes and the two steps."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    components: ClassVar[tuple[Component, ...]] = ()
+    builtin_weights: ClassVar[tuple[str, ...]] = ()
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(
+        self, options: BaseModel, weights: Weights, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.options = options
+        self.weights = weights
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any]) -> BaseModel:
+        """Validate ``spec.options`` with the method's options model."""
+        try:
+            return cls.options_model.model_validate(options)
+        except ValidationError as exc:
+            raise InputError(
+                f"options.{format_validation_error(exc)}", f"method {cls.name}"
+            ) from None
+
+    @abstractmethod
+    def prepare(self, spec: MotionSpec, scene: Scene) -> Controls:
+        """Spec and scene -> the method's control signal."""
+
+    @abstractmethod
+    def generate(self, controls: Controls) -> torch.Tensor:
+        """Control signal -> frames (F, 3, H, W) float in [0, 1]."""

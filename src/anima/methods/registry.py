@@ -1,0 +1,53 @@
+"""Methods by name. Built-in methods are imported on first use so that looking one up never
+imports another's dependencies."""
+
+from __future__ import annotations
+
+import importlib
+
+from anima.errors import InputError
+from anima.methods.base import Method
+from anima.weights import Weights
+
+# name -> module that defines (and registers) it
+_BUILTIN = {"coarse": "anima.methods.coarse"}
+_REGISTRY: dict[str, type[Method]] = {}
+
+DEFAULT_METHOD = "coarse"
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class called ``name``; an unknown name is an input error."""
+    if name not in _REGISTRY and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+    if name not in _REGISTRY:
+        raise InputError(
+            f"unknown method '{name}' (available: {', '.join(method_names())})", "--method"
+        )
+    return _REGISTRY[name]
+
+
+def default_method(weights: Weights) -> str:
+    """The weight-free ``coarse`` method unless weights are configured for a learned one."""
+    for name in method_names():
+        cls = get_method(name)
+        if (
+            cls.components
+            and weights.configured
+            and (
+                weights.builtin in cls.builtin_weights
+                or all(c.optional or c.present(weights.root) for c in cls.components)
+            )
+        ):
+            return name
+    return DEFAULT_METHOD
