@@ -28,7 +28,6 @@ from anima.perception.segmentation import mask_from_box, mask_from_points
 from anima.spec import MotionSpec, SceneObject
 from anima.weights import DEPTH_ANYTHING, SAM, Weights
 
-
 # Automatic masks (GrabCut, SAM) stop short of soft edges; growing them by a few pixels lets a
 # moved object take its edge pixels along instead of leaving a ghost outline behind.
 SELECTION_GROWTH = 2
