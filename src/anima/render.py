@@ -131,7 +131,10 @@ def _point_group(
     k0 = scene.intrinsics.float()
     points = unproject(xy, depth, k0)
     magnification = point_magnification(points.double(), pose, animation, scene.size)
-    factor = (magnification - 1e-3).ceil().clamp(1, MAX_SUPERSAMPLE).long()
+    # Sub-points spaced <= 1/1.1 target pixel: rounding to pixel centres then skips none, even
+    # with float error at exact integer magnifications. Unmagnified points stay single.
+    factor = (magnification * 1.1).ceil().clamp(1, MAX_SUPERSAMPLE).long()
+    factor[magnification <= 1.0 + 1e-3] = 1
     parts_xy, parts_depth, parts_observed, parts_rgb = [], [], [], []
     for level in factor.unique().tolist():
         chosen = factor == level
