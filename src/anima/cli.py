@@ -170,7 +170,7 @@ def spec_validate(
                         f"file not found: {spec.resolve(relative)}", f"{where} in {path}"
                     )
         if spec.method:
-            get_method(spec.method).parse_options(spec.options)
+            get_method(spec.method, f"method {spec.where}").parse_options(spec.options, spec.where)
         print(f"{path}: ok")
 
 
@@ -232,7 +232,15 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and maps errors to exit statuses."""
+    previous_showwarning = warnings.showwarning
     warnings.showwarning = _print_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = previous_showwarning
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         app(args=argv, standalone_mode=False, prog_name="anima")
     except InputError as exc:

@@ -60,6 +60,10 @@ def resolve_spec(
     """A copy of the spec with command-line overrides applied, the method chosen, and every
     path made absolute, so that it re-runs from anywhere (``spec.resolved.json``)."""
     weights = weights or Weights()
+    if method is not None:
+        get_method(method, "--method")
+    elif spec.method is not None:
+        get_method(spec.method, f"method {spec.where}")
     updates: dict = {"method": method or spec.method or default_method(weights)}
     if seed is not None:
         updates["seed"] = seed
@@ -73,10 +77,10 @@ def resolve_spec(
         if obj.get("mask"):
             obj["mask"] = str(spec.resolve(obj["mask"]).resolve())
     try:
-        resolved = MotionSpec.model_validate(data)
+        resolved = MotionSpec.model_validate_json(json.dumps(data))
     except ValidationError as exc:  # an override out of range (e.g. --frames 1)
         raise InputError(format_validation_error(exc), "command-line overrides") from None
-    return resolved.with_base_dir(spec.base_dir)
+    return resolved.with_base_dir(spec.base_dir).with_source(spec.where)
 
 
 @dataclass
@@ -97,14 +101,19 @@ def animate(
     """Run ``spec`` (already resolved with `resolve_spec`) through its method."""
     weights = weights or Weights()
     stage = on_stage or (lambda _name: None)
-    method_cls = get_method(spec.method or default_method(weights))
-    options = method_cls.parse_options(spec.options)  # fail before any heavy work
+    method_cls = get_method(spec.method or default_method(weights), f"method {spec.where}")
+    options = method_cls.parse_options(spec.options, spec.where)  # fail before heavy work
     method = method_cls(options, weights, parse_device(device), parse_dtype(dtype))
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
     stage("building the scene (depth, masks)")
-    scene = build_scene(spec, weights)
+    try:
+        scene = build_scene(spec, weights)
+    except InputError as exc:  # name the spec file as well as the field
+        if exc.where and not exc.where.startswith("in "):
+            raise InputError(exc.what, f"{exc.where} {spec.where}") from None
+        raise
     seconds["scene"] = time.perf_counter() - start
 
     start = time.perf_counter()

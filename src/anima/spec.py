@@ -38,7 +38,9 @@ Vec3 = tuple[float, float, float]
 class _Strict(BaseModel):
     """Base for every spec model: unknown fields are errors, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True
+    )
 
 
 def _check_increasing(times: list[float]) -> None:
@@ -194,6 +196,7 @@ class MotionSpec(_Strict):
         extra="forbid",
         validate_assignment=True,
         allow_inf_nan=False,
+        strict=True,
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
 
@@ -222,6 +225,7 @@ class MotionSpec(_Strict):
     )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: str = PrivateAttr(default="spec")
 
     @field_validator("objects")
     @classmethod
@@ -240,6 +244,15 @@ class MotionSpec(_Strict):
 
     def with_base_dir(self, base_dir: Path) -> MotionSpec:
         self._base_dir = Path(base_dir)
+        return self
+
+    @property
+    def where(self) -> str:
+        """Where this spec came from, for error messages (``in path/to/spec.json``)."""
+        return self._source
+
+    def with_source(self, where: str) -> MotionSpec:
+        self._source = where
         return self
 
     def resolve(self, relative: str) -> Path:
@@ -309,7 +322,7 @@ def _message(error: dict[str, Any]) -> str:
     if kind == "union_tag_invalid":
         return f"unknown type {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})"
     if kind == "union_tag_not_found":
-        return f"needs a 'type' field ({ctx.get('expected_tags', 'see the schema')})"
+        return f"needs a 'type' field (one of {', '.join(sorted(_CAMERA_TYPES))})"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind == "finite_number":
@@ -336,10 +349,14 @@ def parse_spec(data: Any, where: str = "spec", base_dir: Path | None = None) -> 
     if not isinstance(data, dict):
         raise InputError("the spec must be a JSON object", where)
     try:
-        spec = MotionSpec.model_validate(data)
+        # Validated as JSON text, in strict mode: "16" is not a number and true is not an
+        # integer, exactly as the published JSON Schema says; arrays fill tuples.
+        spec = MotionSpec.model_validate_json(json.dumps(data, allow_nan=True))
     except ValidationError as exc:
         raise InputError(format_validation_error(exc), where) from None
-    return spec.with_base_dir(base_dir or Path.cwd())
+    except (TypeError, ValueError) as exc:  # not JSON-serialisable (Python callers only)
+        raise InputError(f"the spec is not JSON data: {exc}", where) from None
+    return spec.with_base_dir(base_dir or Path.cwd()).with_source(where)
 
 
 def load_spec(path: str | Path) -> MotionSpec:

@@ -59,14 +59,13 @@ class Method(ABC):
         self.dtype = dtype
 
     @classmethod
-    def parse_options(cls, options: dict[str, Any]) -> BaseModel:
+    def parse_options(cls, options: dict[str, Any], where: str = "spec") -> BaseModel:
         """Validate ``spec.options`` with the method's options model."""
         try:
             return cls.options_model.model_validate(options)
         except ValidationError as exc:
-            raise InputError(
-                f"options.{format_validation_error(exc)}", f"method {cls.name}"
-            ) from None
+            message = f"options.{format_validation_error(exc)} (method {cls.name})"
+            raise InputError(message, where) from None
 
     @abstractmethod
     def prepare(self, spec: MotionSpec, scene: Scene) -> Controls:

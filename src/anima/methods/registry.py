@@ -26,14 +26,13 @@ def method_names() -> list[str]:
     return sorted(set(_BUILTIN) | set(_REGISTRY))
 
 
-def get_method(name: str) -> type[Method]:
-    """The method class called ``name``; an unknown name is an input error."""
+def get_method(name: str, where: str = "--method") -> type[Method]:
+    """The method class called ``name``; an unknown name is an input error at ``where``."""
     if name not in _REGISTRY and name in _BUILTIN:
         importlib.import_module(_BUILTIN[name])
     if name not in _REGISTRY:
-        raise InputError(
-            f"unknown method '{name}' (available: {', '.join(method_names())})", "--method"
-        )
+        available = ", ".join(method_names())
+        raise InputError(f"unknown method '{name}' (available: {available})", where)
     return _REGISTRY[name]
 
 
