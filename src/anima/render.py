@@ -92,7 +92,6 @@ class _PointGroup:
 
     world: torch.Tensor  # (M, 3) float32 world points (first frame's camera coordinates)
     rgb: torch.Tensor  # (M, 3)
-    source_depth: torch.Tensor  # (M,) float32 distance in the source image
     observed: torch.Tensor  # (M,) bool
     instance: int
     pose: torch.Tensor  # (F, 4, 4) float64
@@ -149,9 +148,7 @@ def _point_group(
             parts_rgb.append(_sample_colour(colours, sub_xy))
     sub_depth = torch.cat(parts_depth)
     world = unproject(torch.cat(parts_xy), sub_depth, k0)
-    return _PointGroup(
-        world, torch.cat(parts_rgb), sub_depth, torch.cat(parts_observed), instance, pose
-    )
+    return _PointGroup(world, torch.cat(parts_rgb), torch.cat(parts_observed), instance, pose)
 
 
 def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_plate: bool):

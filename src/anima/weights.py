@@ -14,7 +14,7 @@ ever downloaded.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from anima.errors import InputError
@@ -54,7 +54,6 @@ class Weights:
     root: Path | None = None
     builtin: str | None = None
     allow_pickle: bool = False
-    _checked: bool = field(default=False, repr=False, compare=False)
 
     @classmethod
     def resolve(cls, value: str | None, allow_pickle: bool = False) -> Weights:
