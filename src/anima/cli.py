@@ -54,15 +54,15 @@ def _run_and_write(
     spec_path: Path,
     out: Path,
     *,
-    method: str | None,
-    dump: Path | None,
-    weights: str | None,
-    device: str,
-    dtype: str,
-    seed: int | None,
-    frames: int | None,
-    allow_pickle: bool,
-    quiet: bool,
+    method: str | None = None,
+    dump: Path | None = None,
+    weights: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int | None = None,
+    frames: int | None = None,
+    allow_pickle: bool = False,
+    quiet: bool = False,
 ) -> AnimateResult:
     if out.suffix.lower() not in {".mp4", ".gif", ""}:
         raise InputError(f"unsupported output '{out}' (use .mp4, .gif or a directory)", "-o")
@@ -137,19 +137,7 @@ def demo_command(
 ) -> None:
     """Animate the embedded sample photo with the weight-free coarse method."""
     with resources.as_file(resources.files("anima") / "assets" / "demo" / "spec.json") as path:
-        _run_and_write(
-            path,
-            output,
-            method=None,
-            dump=dump,
-            weights=None,
-            device="cpu",
-            dtype="float32",
-            seed=None,
-            frames=None,
-            allow_pickle=False,
-            quiet=quiet,
-        )
+        _run_and_write(path, output, dump=dump, quiet=quiet)
 
 
 @spec_app.command("validate")

@@ -20,6 +20,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,6 +85,16 @@ def require_model_dir(directory: Path | str, kind: str, extra: Sequence[str] = (
     if extra and not any((path / name).is_file() for name in extra):
         raise InputError(f"{kind} processor config ({' or '.join(extra)}) is missing", f"in {path}")
     return path
+
+
+def load_local(path: Path, kind: str, *classes: Any) -> tuple[Any, ...]:
+    """``cls.from_pretrained(path)`` for each class, offline; failures become one-line
+    `InputError`s naming the model kind and directory."""
+    try:
+        return tuple(cls.from_pretrained(path, local_files_only=True) for cls in classes)
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise InputError(f"cannot load {kind} model ({reason})", str(path)) from error
 
 
 def _check_positive(value: float, name: str) -> float:
@@ -233,12 +244,9 @@ class DepthAnythingEstimator:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         path = require_model_dir(model_dir, "Depth Anything", extra=("preprocessor_config.json",))
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-            model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise InputError(f"cannot load Depth Anything model ({reason})", str(path)) from error
+        self.processor, model = load_local(
+            path, "Depth Anything", AutoImageProcessor, AutoModelForDepthEstimation
+        )
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()

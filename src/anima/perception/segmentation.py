@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from anima.errors import InputError
-from anima.perception.depth import check_image, image_to_uint8, require_model_dir
+from anima.perception.depth import check_image, image_to_uint8, load_local, require_model_dir
 
 GRABCUT_ITERATIONS = 5
 GRABCUT_SEED = 0
@@ -184,12 +184,7 @@ class SamSegmenter:
         from transformers import SamModel, SamProcessor
 
         path = require_model_dir(model_dir, "SAM", extra=SAM_PROCESSOR_FILES)
-        try:
-            self.processor = SamProcessor.from_pretrained(path, local_files_only=True)
-            model = SamModel.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise InputError(f"cannot load SAM model ({reason})", str(path)) from error
+        self.processor, model = load_local(path, "SAM", SamProcessor, SamModel)
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
