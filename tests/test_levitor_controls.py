@@ -208,7 +208,8 @@ def test_control_maps_values_at_centres() -> None:
     maps = control_maps(two_points((2.0, 5.0)), (288, 512), (near, far))
     assert maps.shape == (1, 3, 288, 512)
     assert maps.dtype == torch.float32
-    for (x, y), obj, d in [((50, 40), 3, 2.0), ((150, 101), 4, 5.0)]:
+    # objects 3 and 4 are numbered 1 and 2, as the release numbers its masks
+    for (x, y), obj, d in [((50, 40), 1, 2.0), ((150, 101), 2, 5.0)]:
         assert maps[0, 0, y, x] == 255.0
         assert maps[0, 1, y, x] == obj
         expected = 255.0 * (1.0 / d - 1.0 / far) / (1.0 / near - 1.0 / far)
@@ -235,7 +236,7 @@ def test_overlap_nearer_point_wins_instance_and_depth() -> None:
             visible=torch.ones(1, 2, dtype=torch.bool),
         )
         maps = control_maps(points, (288, 512), (1.0, 10.0))
-        winner = 3 if near_first else 4
+        winner = 1 if near_first else 2  # objects 3, 4 are numbered 1, 2
         for x in (50, 52, 55):
             assert maps[0, 1, 40, x] == winner
             assert maps[0, 2, 40, x] == depth_to_disparity_255(torch.tensor(2.0), 1.0, 10.0)

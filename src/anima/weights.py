@@ -5,6 +5,11 @@ sub-directory a component, in diffusers/transformers layout::
 
     DIR/depth-anything/   config.json + model.safetensors  (transformers Depth Anything V1/V2)
     DIR/sam/              config.json + model.safetensors  (transformers SAM)
+    DIR/svd/              Stable Video Diffusion img2vid(-xt), diffusers pipeline layout
+    DIR/levitor/          LeviTor ControlNet: config.json + diffusion_pytorch_model.safetensors,
+                          or the official release (an accelerate state dir with controlnet/)
+
+Loading is safetensors-only unless ``--allow-pickle`` is given.
 
 Two names need no files: ``tiny`` (tiny random models of each method's real architecture, a smoke
 test) and ``toy`` (checkpoints trained on the toy world and shipped in the package). Nothing is
@@ -16,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anima.errors import InputError
 
@@ -32,12 +38,21 @@ class Component:
     purpose: str
     required_files: tuple[str, ...] = ("config.json",)
     optional: bool = False
+    #: Sub-paths of ``subdir`` tried in order (e.g. an official release nests its files).
+    layouts: tuple[str, ...] = ("",)
+
+    def folder(self, root: Path | None) -> Path | None:
+        """The first layout of ``root / subdir`` holding every required file, else None."""
+        if root is None:
+            return None
+        for layout in self.layouts:
+            folder = root / self.subdir / layout if layout else root / self.subdir
+            if all((folder / f).is_file() for f in self.required_files):
+                return folder
+        return None
 
     def present(self, root: Path | None) -> bool:
-        if root is None:
-            return False
-        folder = root / self.subdir
-        return all((folder / f).is_file() for f in self.required_files)
+        return self.folder(root) is not None
 
 
 DEPTH_ANYTHING = Component(
@@ -45,6 +60,44 @@ DEPTH_ANYTHING = Component(
 )
 SAM = Component("sam", "sam", "masks from clicked points (else GrabCut)", optional=True)
 PERCEPTION_COMPONENTS = (DEPTH_ANYTHING, SAM)
+SVD = Component(
+    "Stable Video Diffusion",
+    "svd",
+    "SVD img2vid(-xt) in diffusers layout",
+    required_files=("model_index.json",),
+)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def checkpoint_format(folder: Path, kind: str, allow_pickle: bool) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for the weights in ``folder`` (a diffusers or
+    transformers model directory): safetensors preferred, an ``fp16``/``bf16`` variant found by
+    name, pickle only with ``allow_pickle``. Anything missing is an `InputError` naming it."""
+    if not folder.is_dir():
+        raise InputError(f"{kind} directory not found", str(folder))
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{kind}: config.json not found", f"in {folder}")
+    names = {path.name for path in folder.iterdir()}
+    for variant in (None, "fp16", "bf16"):
+        infix = f".{variant}" if variant else ""
+        for stem in ("diffusion_pytorch_model", "model"):
+            if {f"{stem}{infix}.safetensors", f"{stem}{infix}.safetensors.index.json"} & names:
+                return {"use_safetensors": True, "variant": variant}
+    pickles = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
+    if pickles and not allow_pickle:
+        raise InputError(
+            f"{kind}: only pickle weights ({pickles[0]}); pass --allow-pickle to load them, "
+            "or convert once with `anima weights convert`",
+            f"in {folder}",
+        )
+    if pickles:
+        variant = next((v for v in ("fp16", "bf16") if f".{v}." in pickles[0]), None)
+        return {"use_safetensors": False, "variant": variant}
+    raise InputError(
+        f"{kind}: no weights (diffusion_pytorch_model.safetensors or model.safetensors)",
+        f"in {folder}",
+    )
 
 
 @dataclass(frozen=True)
@@ -77,10 +130,22 @@ class Weights:
 
     def component_dir(self, component: Component) -> Path | None:
         """The component's directory when its files are present, else None."""
-        if component.present(self.root):
-            assert self.root is not None
-            return self.root / component.subdir
-        return None
+        return component.folder(self.root)
+
+    def require(self, component: Component, method: str) -> Path:
+        """The component's directory; absent files are an input error naming where we looked."""
+        folder = component.folder(self.root)
+        if folder is not None:
+            return folder
+        if self.root is None:
+            raise InputError(
+                f"{method} needs weights: pass --weights DIR (with {component.subdir}/) "
+                f"or set ${WEIGHTS_ENV}",
+                "--weights",
+            )
+        looked = self.root / component.subdir
+        missing = next(f for f in component.required_files if not (looked / f).is_file())
+        raise InputError(f"{component.name}: {missing} not found", f"in {looked}")
 
     def describe(self) -> str:
         if self.builtin:

@@ -417,7 +417,8 @@ def control_maps(
 
     - channel 0: the Gaussian heatmap ``255 * exp(-r^2 / (2 sigma^2))``, peak 255; overlapping
       discs combine by max;
-    - channel 1: the point's instance id over the disc;
+    - channel 1: the point's object number over the disc, 1..N with objects ranked by id (the
+      release numbers the selected masks 1..N, whatever ids a spec uses);
     - channel 2: the point's depth value over the disc, disparity-like as LeviTor normalises
       DepthAnything (larger = nearer): ``255 * (1/d - 1/far) / (1/near - 1/far)`` clipped to
       ``[0, 255]`` (:func:`depth_to_disparity_255`), ``(near, far)`` being the range of the
@@ -461,7 +462,43 @@ def control_maps(
     covered_frame = torch.div(covered, plane, rounding_mode="floor")
     point = torch.argsort(rank, dim=1)[covered_frame, winner]  # rank -> point index
     target = covered + (2 * plane) * covered_frame  # (frame, pixel) -> offset in ``maps``
-    maps[target + plane] = points.instance.float()[point]
+    ids = torch.unique(points.instance)  # sorted; the release numbers its masks 1..N
+    number = torch.searchsorted(ids, points.instance) + 1
+    maps[target + plane] = number.float()[point]
     disparity = depth_to_disparity_255(points.distance, *depth_range)
     maps[target + 2 * plane] = disparity[covered_frame, point]
     return maps.reshape(frames, 3, h, w)
+
+
+def resize_nearest(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(F, H, W)`` instance or distance maps resized to ``size`` by nearest neighbour (ids and
+    depths must never be blended)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    resized = torch.nn.functional.interpolate(maps[:, None].double(), size=size, mode="nearest")
+    return resized[:, 0].to(maps.dtype)
+
+
+def control_signal(
+    instance: Tensor,
+    distance: Tensor,
+    moved_ids: Collection[int],
+    size: tuple[int, int] | None = None,
+    points_scale: float = 1.0,
+    seed: int = 0,
+) -> tuple[ControlPoints, Tensor]:
+    """Instance and distance maps of a clip -> LeviTor control points and control maps.
+
+    The one path from masks to the ControlNet's input: inference (masks and depth rendered from
+    a MotionSpec) and training (ground-truth masks and depth of a video) both call it. Maps are
+    resized to ``size`` (the generation size) by nearest neighbour first.
+
+    Returns:
+        The points and the ``(F, 3, H, W)`` raw 0..255 control maps (:func:`control_maps`).
+    """
+    size = tuple(size or instance.shape[-2:])
+    instance, distance = resize_nearest(instance, size), resize_nearest(distance, size)
+    points = compute_control_points(
+        instance, distance, moved_ids, points_scale=points_scale, seed=seed
+    )
+    return points, control_maps(points, size, first_frame_depth_range(distance))

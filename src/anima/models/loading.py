@@ -1,0 +1,105 @@
+"""Loading diffusers/transformers components from local directories, offline and checked.
+
+Every loader checks the directory first (`anima.weights.checkpoint_format`), so a missing file
+is one `InputError` naming the file and where it was looked for, and pickle checkpoints load
+only with ``--allow-pickle``. Nothing is downloaded (``local_files_only``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+    UNetSpatioTemporalConditionModel,
+)
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from anima.errors import InputError
+from anima.models.svd_controlnet import SVDControlNetModel
+from anima.weights import checkpoint_format
+
+#: Sub-folders of a diffusers SVD pipeline directory, the class of each, and what it is.
+SVD_MODELS: dict[str, tuple[Any, str]] = {
+    "unet": (UNetSpatioTemporalConditionModel, "SVD UNet"),
+    "vae": (AutoencoderKLTemporalDecoder, "SVD VAE"),
+    "image_encoder": (CLIPVisionModelWithProjection, "SVD image encoder"),
+}
+
+
+def load_model(
+    cls: Any,
+    folder: Path,
+    kind: str,
+    allow_pickle: bool,
+    dtype: torch.dtype | None = None,
+    **config_overrides: Any,
+) -> Any:
+    """``cls.from_pretrained(folder)`` offline, after checking the files."""
+    kwargs = checkpoint_format(folder, kind, allow_pickle) | config_overrides
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise InputError(f"cannot load {kind} ({reason})", str(folder)) from error
+
+
+def _require_file(path: Path, kind: str) -> Path:
+    if not path.is_file():
+        raise InputError(f"{kind}: {path.name} not found", f"in {path.parent}")
+    return path
+
+
+def load_svd_components(folder: Path, allow_pickle: bool, dtype: torch.dtype) -> dict[str, Any]:
+    """The components of a `StableVideoDiffusionPipeline` from its diffusers directory."""
+    components: dict[str, Any] = {
+        name: load_model(cls, folder / name, kind, allow_pickle, dtype)
+        for name, (cls, kind) in SVD_MODELS.items()
+    }
+    scheduler_config = _require_file(
+        folder / "scheduler" / "scheduler_config.json", "SVD scheduler"
+    )
+    components["scheduler"] = EulerDiscreteScheduler.from_config(
+        json.loads(scheduler_config.read_text())
+    )
+    processor_config = _require_file(
+        folder / "feature_extractor" / "preprocessor_config.json", "SVD feature extractor"
+    )
+    components["feature_extractor"] = CLIPImageProcessor.from_pretrained(
+        processor_config.parent, local_files_only=True
+    )
+    return components
+
+
+#: Class names an SVD ControlNet config may carry: ours, LeviTor's release, and the community
+#: temporal ControlNet (I2V3D). All share one parameter layout.
+CONTROLNET_CLASS_NAMES = ("SVDControlNetModel", "ControlNetSVDModel", "ControlNetSDVModel")
+
+
+def load_svd_controlnet(
+    folder: Path, allow_pickle: bool, dtype: torch.dtype | None = None, kind: str = "ControlNet"
+) -> SVDControlNetModel:
+    """An `SVDControlNetModel` from our layout or an official release's (same keys)."""
+    config_path = _require_file(folder / "config.json", kind)
+    config = json.loads(config_path.read_text())
+    name = config.get("_class_name")
+    if name not in CONTROLNET_CLASS_NAMES:
+        raise InputError(
+            f"{kind}: config.json describes a {name}, not an SVD ControlNet", f"in {folder}"
+        )
+    if config.get("with_id_feature"):
+        raise InputError(
+            f"{kind}: ControlNets with the point-feature adapter (with_id_feature) are not "
+            "supported",
+            f"in {folder}",
+        )
+    overrides = {}
+    if name == "ControlNetSDVModel":  # trained with repeated skip residuals (SVDControlNetModel)
+        overrides["cumulative_skip_residuals"] = True
+    return load_model(SVDControlNetModel, folder, kind, allow_pickle, dtype, **overrides)
