@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from anima.cli_train import train_app
 from anima.errors import InputError
 from anima.io import atomic_path, write_video
 from anima.methods.registry import get_method, method_names
@@ -39,6 +40,7 @@ weights_app = typer.Typer(
 )
 app.add_typer(spec_app, name="spec")
 app.add_typer(weights_app, name="weights")
+app.add_typer(train_app, name="train")
 
 console = Console(stderr=True)
 
@@ -98,8 +100,13 @@ def _run_and_write(
 
 @app.command("animate")
 def animate_command(
-    spec: Annotated[Path, typer.Argument(help="MotionSpec JSON file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output .mp4, .gif or folder.")],
+    specs: Annotated[list[Path], typer.Argument(help="MotionSpec JSON file(s).")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o", "--output", help="Output .mp4, .gif or folder; a folder for several specs."
+        ),
+    ],
     method: Annotated[
         str | None,
         typer.Option(help="Method name (default: spec, then coarse when no weights are set)."),
@@ -113,20 +120,55 @@ def animate_command(
     allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Animate the image of SPEC and write the video to OUTPUT."""
-    _run_and_write(
-        spec,
-        output,
-        method=method,
-        dump=dump,
-        weights=weights,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        frames=frames,
-        allow_pickle=allow_pickle,
-        quiet=quiet,
-    )
+    """Animate the image of each SPEC and write the video to OUTPUT.
+
+    With several specs, OUTPUT is a folder receiving <spec name>.mp4 (and --dump a folder of
+    dumps); under `accelerate launch` the specs are split across the processes, each on its
+    own device.
+    """
+    jobs = [(specs[0], output, dump)]
+    if len(specs) > 1:
+        if output.suffix:
+            raise InputError("several specs need a folder as output, not a file", "-o")
+        stems = [path.stem for path in specs]
+        if len(set(stems)) != len(stems):
+            raise InputError("spec file names must differ (they name the outputs)", "SPECS")
+        jobs = [
+            (path, output / f"{path.stem}.mp4", dump / path.stem if dump else None)
+            for path in specs
+        ]
+    jobs, device = _split_across_processes(jobs, device)
+    for spec_path, out, spec_dump in jobs:
+        _run_and_write(
+            spec_path,
+            out,
+            method=method,
+            dump=spec_dump,
+            weights=weights,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            frames=frames,
+            allow_pickle=allow_pickle,
+            quiet=quiet,
+        )
+
+
+def _split_across_processes(jobs: list, device: str) -> tuple[list, str]:
+    """This process's share of ``jobs`` under ``accelerate launch`` (else all of them), and its
+    device: process i of a multi-GPU launch uses ``cuda:<local index>``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return jobs, device
+    from accelerate import PartialState
+
+    state = PartialState()
+    with state.split_between_processes(jobs) as share:
+        mine = list(share)
+    if device in {"cuda", "mps"} and state.device.type == device:
+        device = str(state.device)
+    return mine, device
 
 
 @app.command("demo")
@@ -196,6 +238,20 @@ def weights_list(ctx: typer.Context, weights: WeightsOption = None) -> None:
         ready = source.builtin in cls.builtin_weights or not missing
         state = "ready" if ready else "missing " + ", ".join(missing)
         print(f"  {name:<27} {state:<24} {cls.summary}")
+
+
+@weights_app.command("convert")
+def weights_convert(
+    source: Annotated[Path, typer.Argument(help="Checkpoint dir (or a release with controlnet/).")],
+    output: Annotated[Path, typer.Argument(help="Where to write the converted ControlNet.")],
+    allow_pickle: Annotated[bool, typer.Option(help="Allow reading pickle weights.")] = False,
+) -> None:
+    """Convert an SVD ControlNet checkpoint (LeviTor's release, the community temporal depth
+    ControlNet, or pickle weights) to our safetensors layout, checking every key and shape."""
+    from anima.models.convert import convert_controlnet
+
+    convert_controlnet(source, output, allow_pickle=allow_pickle)
+    print(f"wrote {output} (config.json + diffusion_pytorch_model.safetensors)")
 
 
 @weights_app.command("check")

@@ -103,8 +103,14 @@ def animate(
     stage = on_stage or (lambda _name: None)
     method_cls = get_method(spec.method or default_method(weights), f"method {spec.where}")
     options = method_cls.parse_options(spec.options, spec.where)  # fail before heavy work
-    method = method_cls(options, weights, parse_device(device), parse_dtype(dtype))
+    method = method_cls(options, weights, parse_device(device), parse_dtype(dtype), report=stage)
     seconds: dict[str, float] = {}
+
+    if method_cls.components:
+        start = time.perf_counter()
+        stage(f"loading the {method_cls.name} models")
+        method.load()
+        seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
     stage("building the scene (depth, masks)")

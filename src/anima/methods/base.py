@@ -8,6 +8,7 @@ methods up by name (`anima.methods.registry`) and never special-case one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,12 +52,18 @@ class Method(ABC):
     options_model: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(
-        self, options: BaseModel, weights: Weights, device: torch.device, dtype: torch.dtype
+        self,
+        options: BaseModel,
+        weights: Weights,
+        device: torch.device,
+        dtype: torch.dtype,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self.options = options
         self.weights = weights
         self.device = device
         self.dtype = dtype
+        self.report = report or (lambda _text: None)  # progress lines for the CLI and studio
 
     @classmethod
     def parse_options(cls, options: dict[str, Any], where: str = "spec") -> BaseModel:
@@ -66,6 +73,11 @@ class Method(ABC):
         except ValidationError as exc:
             message = f"options.{format_validation_error(exc)} (method {cls.name})"
             raise InputError(message, where) from None
+
+    def load(self) -> object | None:  # noqa: B027 - optional hook, a no-op by default
+        """Load the method's models; runs before any heavy work so that missing or bad weights
+        fail fast. Methods without weights have nothing to load."""
+        return None
 
     @abstractmethod
     def prepare(self, spec: MotionSpec, scene: Scene) -> Controls:

@@ -17,7 +17,9 @@ from diffusers import (
     EulerDiscreteScheduler,
     UNetSpatioTemporalConditionModel,
 )
+from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers.utils import logging as transformers_logging
 
 from anima.errors import InputError
 from anima.models.svd_controlnet import SVDControlNetModel
@@ -41,6 +43,8 @@ def load_model(
 ) -> Any:
     """``cls.from_pretrained(folder)`` offline, after checking the files."""
     kwargs = checkpoint_format(folder, kind, allow_pickle) | config_overrides
+    diffusers_logging.disable_progress_bar()  # progress is reported by the caller
+    transformers_logging.disable_progress_bar()
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     try:

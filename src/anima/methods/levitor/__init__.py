@@ -9,11 +9,12 @@ frame and the maps. The video is generated at the scene size rounded down to a m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.nn import functional as F
 
 from anima.animation import build_animation
@@ -50,6 +51,18 @@ class LeviTorOptions(BaseModel):
     decode_chunk_size: int | None = Field(None, ge=1, description="Frames decoded at a time.")
     sequential_cfg: bool = Field(False, description="CFG branches one at a time (less memory).")
     cpu_offload: bool = Field(False, description="Model CPU offload (CUDA/MPS only).")
+    size: tuple[int, int] | None = Field(
+        None,
+        description="Generation [H, W], multiples of 8 (e.g. the release's [288, 512]); "
+        "default: the scene size rounded down to multiples of 8. Frames are resized back.",
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_8(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        if size is not None and any(side < 64 or side % 8 for side in size):
+            raise ValueError("sides must be multiples of 8, at least 64")
+        return size
 
 
 @dataclass
@@ -68,8 +81,10 @@ def generation_size(size: tuple[int, int]) -> tuple[int, int]:
     return tuple(max(64, side - side % 8) for side in size)  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=1)
 def load_pipeline(weights: Weights, device: torch.device, dtype: torch.dtype):
-    """`LeviTorPipeline` from ``DIR/svd`` + ``DIR/levitor``, or tiny random models."""
+    """`LeviTorPipeline` from ``DIR/svd`` + ``DIR/levitor``, or tiny random models. The last
+    one loaded is kept, so many specs in one run load the models once."""
     from anima.methods.levitor.pipeline import LeviTorPipeline
     from anima.models.loading import load_svd_components, load_svd_controlnet
     from anima.models.tiny import tiny_controlnet, tiny_svd_components
@@ -95,8 +110,14 @@ class LeviTorMethod(Method):
     builtin_weights = ("tiny",)
     options_model = LeviTorOptions
 
+    def load(self):
+        """The pipeline (cached: loading again with the same weights is free)."""
+        if self.options.cpu_offload and self.device.type == "cpu":
+            raise InputError("cpu_offload needs a cuda or mps device", "options.cpu_offload")
+        return load_pipeline(self.weights, self.device, self.dtype)
+
     def prepare(self, spec: MotionSpec, scene: Scene) -> LeviTorControls:
-        size = generation_size(scene.size)
+        size = self.options.size or generation_size(scene.size)
         result = render(scene, build_animation(spec, scene))
         points, maps = control_signal(
             result.instance,
@@ -111,9 +132,14 @@ class LeviTorMethod(Method):
     def generate(self, controls: Controls) -> torch.Tensor:
         assert isinstance(controls, LeviTorControls) and controls.maps is not None
         options = self.options
-        if options.cpu_offload and self.device.type == "cpu":
-            raise InputError("cpu_offload needs a cuda or mps device", "options.cpu_offload")
-        pipe = load_pipeline(self.weights, self.device, self.dtype)
+        pipe = self.load()
+        pipe.set_progress_bar_config(disable=True)  # progress goes through self.report
+        steps = options.num_inference_steps
+
+        def on_step(pipe, step: int, t, tensors: dict) -> dict:
+            self.report(f"generating with levitor: step {step + 1}/{steps}")
+            return tensors
+
         if options.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
@@ -134,6 +160,7 @@ class LeviTorMethod(Method):
             decode_chunk_size=options.decode_chunk_size,
             sequential_cfg=options.sequential_cfg,
             generator=torch.Generator(device="cpu").manual_seed(controls.spec.seed),
+            callback_on_step_end=on_step,
         )
         if tuple(frames.shape[-2:]) != controls.scene.size:
             frames = F.interpolate(frames.float(), size=controls.scene.size, mode="bilinear")

@@ -81,6 +81,50 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
         resized = (_resize_with_antialiasing(image * 2.0 - 1.0, (CLIP_SIDE, CLIP_SIDE)) + 1) / 2
         return self._encode_image(resized, device, 1, cfg)
 
+    def prepare_conditioning(
+        self,
+        images: Tensor,
+        aug_noise: Tensor,
+        num_frames: int,
+        fps: int,
+        motion_bucket_id: int,
+        noise_aug_strength: float,
+        cfg: bool,
+        size: tuple[int, int] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """SVD's conditioning of a batch of first frames, shared by sampling and training.
+
+        Args:
+            images: (B, 3, H, W) first frames in [0, 1].
+            aug_noise: (B, 3, h, w) standard normal noise for the noise augmentation.
+            cfg: prepend the unconditional branch (zero embedding and image latents).
+            size: generation size (h, w) the frames are resized to for the VAE (default: theirs);
+                the CLIP embedding sees them at their own size, as the stock pipeline does.
+
+        Returns:
+            The CLIP image embedding (B, 1, D), the noise-augmented first-frame VAE latent
+            (mode, unscaled, as SVD was trained) repeated over frames (B, F, 4, h, w), and the
+            added time ids (B, 3) ``[fps - 1, motion_bucket_id, noise_aug_strength]``; batch 2B
+            with ``cfg``.
+        """
+        device = self._execution_device
+        batch = images.shape[0]
+        height, width = size or images.shape[-2:]
+        embedding = self.encode_image_embedding(images, device, cfg)
+        pixels = self.video_processor.preprocess(images, height=height, width=width).to(device)
+        pixels = pixels + noise_aug_strength * aug_noise.to(device, pixels.dtype)
+        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float32)
+        image_latents = self._encode_vae_image(pixels, device, 1, cfg).to(embedding.dtype)
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float16)
+        image_latents = image_latents[:, None].repeat(1, num_frames, 1, 1, 1)
+        time_ids = self._get_add_time_ids(
+            fps - 1, motion_bucket_id, noise_aug_strength, embedding.dtype, batch, 1, cfg
+        ).to(device)
+        return embedding, image_latents, time_ids
+
     def _predict_noise(
         self,
         sample: Tensor,
@@ -169,22 +213,19 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
         image = self._image_tensor(image)
 
         # Same order of random draws as StableVideoDiffusionPipeline: augmentation, then latents.
-        embedding = self.encode_image_embedding(image, device, cfg)
-        pixels = self.video_processor.preprocess(image, height=height, width=width).to(device)
-        pixels = pixels + noise_aug_strength * randn_tensor(
-            pixels.shape, generator=generator, device=device, dtype=pixels.dtype
+        aug_noise = randn_tensor(
+            (1, 3, height, width), generator=generator, device=device, dtype=torch.float32
         )
-        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float32)
-        image_latents = self._encode_vae_image(pixels, device, 1, cfg).to(embedding.dtype)
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float16)
-        image_latents = image_latents[:, None].repeat(1, num_frames, 1, 1, 1)
-        time_ids = self._get_add_time_ids(
-            fps - 1, motion_bucket_id, noise_aug_strength, embedding.dtype, 1, 1, cfg
-        ).to(device)
-
+        embedding, image_latents, time_ids = self.prepare_conditioning(
+            image,
+            aug_noise,
+            num_frames,
+            fps,
+            motion_bucket_id,
+            noise_aug_strength,
+            cfg,
+            size=(height, width),
+        )
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         latents = self.prepare_latents(
@@ -241,8 +282,6 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return latents
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float16)
         frames = self.decode_latents(latents, num_frames, decode_chunk_size or num_frames)
         self.maybe_free_model_hooks()
         # (1, C, F, H, W) in [-1, 1] -> (F, C, H, W) in [0, 1]

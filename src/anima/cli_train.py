@@ -1,0 +1,132 @@
+"""``anima train ...``: training commands (a typer sub-app, added to `anima.cli` as ``train``).
+
+``anima train levitor --data DIR --out DIR [options]`` trains the LeviTor ControlNet
+(`anima.methods.levitor.train`). The same command runs unchanged under ``accelerate launch``
+on several GPUs. Bad input (dataset layout, weights, options) is an `InputError`: one line
+``error: <what>, <where>``, exit status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from anima.errors import InputError
+from anima.weights import Weights
+
+train_app = typer.Typer(help="Train a method's networks.", no_args_is_help=True)
+
+
+@train_app.callback()
+def _train() -> None:
+    """Train a method's networks (one sub-command a method)."""
+
+
+#: TrainConfig field -> the option that sets it (for error messages).
+_OPTION_OF = {
+    "data": "--data",
+    "out": "--out",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "gradient_accumulation_steps": "--gradient-accumulation-steps",
+    "lr": "--lr",
+    "lr_warmup_steps": "--lr-warmup-steps",
+    "size": "--height/--width",
+    "num_frames": "--frames",
+    "checkpoint_every": "--checkpoint-every",
+    "checkpoints_total_limit": "--checkpoints-total-limit",
+    "resume": "--resume",
+    "mixed_precision": "--mixed-precision",
+    "seed": "--seed",
+    "log_every": "--log-every",
+    "num_workers": "--num-workers",
+    "init": "--init",
+}
+
+
+def _config_error(error: ValidationError) -> InputError:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    message = first["msg"].removeprefix("Value error, ")
+    return InputError(message, _OPTION_OF.get(field, field or "options"))
+
+
+@train_app.command("levitor")
+def train_levitor_command(
+    data: Annotated[Path, typer.Option(help="Dataset directory (clip folders).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Weights directory with svd/ (or 'tiny'); default $ANIMA_WEIGHTS."),
+    ] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="Start from this ControlNet (else from the UNet).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Clips per process and micro-batch.")] = 1,
+    gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches a step.")] = 1,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-5).")] = 1e-5,
+    lr_warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
+    height: Annotated[int, typer.Option(help="Training height (multiple of 8).")] = 288,
+    width: Annotated[int, typer.Option(help="Training width (multiple of 8).")] = 512,
+    frames: Annotated[int, typer.Option(help="Frames per clip sample.")] = 16,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    checkpoints_total_limit: Annotated[
+        int | None, typer.Option(help="Keep only the newest N checkpoints.")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Checkpoint directory, or 'latest' (in --out).")
+    ] = None,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16.")] = "no",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in the backward pass (less memory).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    log_every: Annotated[int, typer.Option(help="Steps between log.jsonl lines.")] = 10,
+    num_workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train the LeviTor ControlNet (paper 003, Eq. 6) on clips with instance masks."""
+    from anima.methods.levitor.train import TrainConfig, train_levitor
+
+    try:
+        config = TrainConfig(
+            data=data,
+            out=out,
+            steps=steps,
+            batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            lr=lr,
+            lr_warmup_steps=lr_warmup_steps,
+            size=(height, width),
+            num_frames=frames,
+            checkpoint_every=checkpoint_every,
+            checkpoints_total_limit=checkpoints_total_limit,
+            resume=resume,
+            mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing,
+            seed=seed,
+            log_every=log_every,
+            num_workers=num_workers,
+            init=init,
+            quiet=quiet,
+        )
+    except ValidationError as error:
+        raise _config_error(error) from None
+    if init is not None and not init.is_dir():
+        raise InputError("ControlNet directory not found", str(init))
+    resolved = Weights.resolve(weights, allow_pickle=allow_pickle)
+    result = train_levitor(config, resolved)
+    console = Console(stderr=True, quiet=quiet)
+    loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+    console.print(
+        f"wrote {result.controlnet_dir} (steps {result.start_step}-{result.step}{loss}, "
+        f"{result.seconds:.1f}s)",
+        markup=False,
+        highlight=False,
+    )
