@@ -92,7 +92,9 @@ def load_pipeline(weights: Weights, device: torch.device, dtype: torch.dtype):
     if weights.builtin == "tiny":
         components = tiny_svd_components(seed=0)
         controlnet = tiny_controlnet(components["unet"], seed=0, random_output=True)
-        pipe = LeviTorPipeline(**components, controlnet=controlnet).to(dtype=dtype)
+        pipe = LeviTorPipeline(**components, controlnet=controlnet)
+        if dtype != torch.float32:
+            pipe.to(dtype=dtype)
     else:
         svd_dir = weights.require(SVD, "levitor")
         controlnet_dir = weights.require(LEVITOR_CONTROLNET, "levitor")

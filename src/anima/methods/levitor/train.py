@@ -568,7 +568,10 @@ def train_levitor(
         model.requires_grad_(False)
         model.eval()
         # The VAE stays fp32 (SVD's VAE asks for upcasting); UNet and CLIP run in weight dtype.
-        model.to(device=device, dtype=torch.float32 if name == "vae" else weight_dtype)
+        target = torch.float32 if name == "vae" else weight_dtype
+        model.to(device)
+        if model.dtype != target:  # diffusers warns about any dtype cast, even a no-op
+            model.to(dtype=target)
     if config.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
         components["unet"].enable_gradient_checkpointing()
