@@ -226,6 +226,20 @@ def test_depth_anything_metric(tmp_path: Path, disc_scene) -> None:
     assert torch.allclose(distance, estimator.predict_raw(image).clamp_min(1e-3))
 
 
+def test_depth_anything_pickle_needs_allow_pickle(tmp_path: Path, disc_scene) -> None:
+    image, _ = disc_scene
+    directory = _save_tiny_depth_anything(tmp_path / "relative", "relative")
+    estimator = DepthAnythingEstimator(directory)
+    reference = estimator(image)
+    model = estimator.model
+    (directory / "model.safetensors").unlink()
+    torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    with pytest.raises(InputError, match="allow-pickle"):
+        DepthAnythingEstimator(directory)
+    loaded = DepthAnythingEstimator(directory, allow_pickle=True)
+    assert torch.allclose(loaded(image), reference, atol=1e-5)
+
+
 def test_depth_anything_missing_files(tmp_path: Path, disc_scene) -> None:
     image, _ = disc_scene
     with pytest.raises(InputError, match="not found"):

@@ -77,7 +77,9 @@ def _object_mask(
                 f"point ({x:g}, {y:g}) lies outside the {size[1]}x{size[0]} image",
                 f"{where}.points[{j}]",
             )
-    found = mask_from_points(image, obj.points, sam_dir=weights.component_dir(SAM))
+    found = mask_from_points(
+        image, obj.points, sam_dir=weights.component_dir(SAM), allow_pickle=weights.allow_pickle
+    )
     return grow_mask(found, SELECTION_GROWTH)
 
 
@@ -122,7 +124,11 @@ def build_scene(spec: MotionSpec, weights: Weights | None = None) -> Scene:
         source = "file"
     else:
         distance = estimate_distance(
-            image, float(intrinsics[0, 0]), masks, depth_anything_dir=depth_anything
+            image,
+            float(intrinsics[0, 0]),
+            masks,
+            depth_anything_dir=depth_anything,
+            allow_pickle=weights.allow_pickle,
         )
         source = "depth-anything" if depth_anything else "ground-plane prior"
     distance = distance.float()

@@ -37,6 +37,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+SAFE_WEIGHT_FILES = WEIGHT_FILES[:2]
 """File names under which transformers stores (possibly sharded) weights."""
 
 MIN_METRIC_DISTANCE = 1e-3
@@ -66,7 +67,9 @@ def image_to_uint8(image: Tensor) -> np.ndarray:
     return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
 
 
-def require_model_dir(directory: Path | str, kind: str, extra: Sequence[str] = ()) -> Path:
+def require_model_dir(
+    directory: Path | str, kind: str, extra: Sequence[str] = (), allow_pickle: bool = False
+) -> Path:
     """Check that a local transformers checkpoint directory is complete.
 
     It must exist and hold ``config.json``, a weight file (see :data:`WEIGHT_FILES`) and, when
@@ -82,19 +85,33 @@ def require_model_dir(directory: Path | str, kind: str, extra: Sequence[str] = (
         raise InputError(
             f"{kind} model weights ({' or '.join(WEIGHT_FILES)}) are missing", f"in {path}"
         )
+    if not allow_pickle and not any((path / name).is_file() for name in SAFE_WEIGHT_FILES):
+        raise InputError(
+            f"{kind} model has only pickle weights (pytorch_model.bin); pass --allow-pickle",
+            f"in {path}",
+        )
     if extra and not any((path / name).is_file() for name in extra):
         raise InputError(f"{kind} processor config ({' or '.join(extra)}) is missing", f"in {path}")
     return path
 
 
-def load_local(path: Path, kind: str, *classes: Any) -> tuple[Any, ...]:
+def load_local(path: Path, kind: str, *classes: Any, allow_pickle: bool = False) -> tuple[Any, ...]:
     """``cls.from_pretrained(path)`` for each class, offline; failures become one-line
     `InputError`s naming the model kind and directory."""
     try:
-        return tuple(cls.from_pretrained(path, local_files_only=True) for cls in classes)
+        return tuple(
+            cls.from_pretrained(path, local_files_only=True, **_safe_only(cls, allow_pickle))
+            for cls in classes
+        )
     except (OSError, ValueError, KeyError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise InputError(f"cannot load {kind} model ({reason})", str(path)) from error
+
+
+def _safe_only(cls: Any, allow_pickle: bool) -> dict[str, Any]:
+    """``use_safetensors=True`` for models (processors take no weights) unless pickle is allowed."""
+    is_model = hasattr(cls, "base_model_prefix") or cls.__name__.startswith("AutoModel")
+    return {"use_safetensors": True} if is_model and not allow_pickle else {}
 
 
 def _check_positive(value: float, name: str) -> float:
@@ -240,12 +257,19 @@ class DepthAnythingEstimator:
         dtype: torch.dtype = torch.float32,
         near: float = 1.0,
         far: float = 50.0,
+        allow_pickle: bool = False,
     ) -> None:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        path = require_model_dir(model_dir, "Depth Anything", extra=("preprocessor_config.json",))
+        path = require_model_dir(
+            model_dir, "Depth Anything", ("preprocessor_config.json",), allow_pickle
+        )
         self.processor, model = load_local(
-            path, "Depth Anything", AutoImageProcessor, AutoModelForDepthEstimation
+            path,
+            "Depth Anything",
+            AutoImageProcessor,
+            AutoModelForDepthEstimation,
+            allow_pickle=allow_pickle,
         )
         self.device = torch.device(device)
         self.dtype = dtype
@@ -285,8 +309,8 @@ class DepthAnythingEstimator:
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_estimator(model_dir: str, device: str) -> DepthAnythingEstimator:
-    return DepthAnythingEstimator(model_dir, device=device)
+def _cached_estimator(model_dir: str, device: str, allow_pickle: bool) -> DepthAnythingEstimator:
+    return DepthAnythingEstimator(model_dir, device=device, allow_pickle=allow_pickle)
 
 
 def estimate_distance(
@@ -295,6 +319,7 @@ def estimate_distance(
     masks: Sequence[Tensor] = (),
     depth_anything_dir: Path | str | None = None,
     device: str = "cpu",
+    allow_pickle: bool = False,
 ) -> Tensor:
     """Distance map (H, W) for ``image``: Depth Anything if available, else the ground plane.
 
@@ -307,6 +332,6 @@ def estimate_distance(
     if depth_anything_dir is not None:
         path = Path(depth_anything_dir)
         if (path / "config.json").is_file():
-            return _cached_estimator(str(path.resolve()), str(device))(image)
+            return _cached_estimator(str(path.resolve()), str(device), allow_pickle)(image)
         logger.warning("no config.json in %s; using the ground-plane depth fallback", path)
     return ground_plane_distance((height, width), focal, masks).to(image.device)

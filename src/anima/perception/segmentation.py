@@ -180,11 +180,14 @@ class SamSegmenter:
         model_dir: Path | str,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        allow_pickle: bool = False,
     ) -> None:
         from transformers import SamModel, SamProcessor
 
-        path = require_model_dir(model_dir, "SAM", extra=SAM_PROCESSOR_FILES)
-        self.processor, model = load_local(path, "SAM", SamProcessor, SamModel)
+        path = require_model_dir(model_dir, "SAM", SAM_PROCESSOR_FILES, allow_pickle)
+        self.processor, model = load_local(
+            path, "SAM", SamProcessor, SamModel, allow_pickle=allow_pickle
+        )
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
@@ -216,12 +219,15 @@ class SamSegmenter:
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_segmenter(model_dir: str) -> SamSegmenter:
-    return SamSegmenter(model_dir)
+def _cached_segmenter(model_dir: str, allow_pickle: bool) -> SamSegmenter:
+    return SamSegmenter(model_dir, allow_pickle=allow_pickle)
 
 
 def mask_from_points(
-    image: Tensor, points: Sequence[Point], sam_dir: Path | str | None = None
+    image: Tensor,
+    points: Sequence[Point],
+    sam_dir: Path | str | None = None,
+    allow_pickle: bool = False,
 ) -> Tensor:
     """Boolean (H, W) mask of the object under the clicked (x, y) ``points``.
 
@@ -232,6 +238,6 @@ def mask_from_points(
     height, width = check_image(image)
     _check_points(points, (height, width))
     if sam_dir is not None:
-        path = require_model_dir(sam_dir, "SAM", extra=SAM_PROCESSOR_FILES)
-        return _cached_segmenter(str(path.resolve()))(image, points)
+        path = require_model_dir(sam_dir, "SAM", SAM_PROCESSOR_FILES, allow_pickle)
+        return _cached_segmenter(str(path.resolve()), allow_pickle)(image, points)
     return grabcut_from_points(image, points)
