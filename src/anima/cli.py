@@ -163,7 +163,7 @@ def _split_across_processes(jobs: list, device: str) -> tuple[list, str]:
         return jobs, device
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=device == "cpu")  # cpu: torchrun without GPUs (multi-CPU mode)
     with state.split_between_processes(jobs) as share:
         mine = list(share)
     if device in {"cuda", "mps"} and state.device.type == device:

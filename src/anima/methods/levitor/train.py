@@ -553,7 +553,11 @@ def train_levitor(
             str(out),
         )
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(out))
+    # Several processes without CUDA (torchrun on CPU) need accelerate's multi-CPU mode.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, project_dir=str(out), cpu=multi_cpu
+    )
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
