@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,23 @@ def test_several_specs_write_one_video_each(tmp_path: Path) -> None:
     assert read_video(out / "astronaut_behind.mp4")[0].shape[0] == 3
     assert read_video(out / "rocket_recede.mp4")[0].shape[0] == 4
     assert main([*argv, "-o", str(tmp_path / "x.mp4"), "-q"]) == 2
+
+
+def test_specs_are_split_across_processes(tmp_path: Path) -> None:
+    """Under a multi-process launch (torchrun; accelerate launch uses it) each process
+    animates its share of the specs: every spec is written exactly once."""
+    names = ("astronaut_behind", "rocket_recede")
+    specs = [small_spec(tmp_path, name, num_frames=2, options={}) for name in names]
+    out = tmp_path / "videos"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anima.cli"]
+        + ["animate", *map(str, specs), "--method", "coarse", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = [line for line in done.stderr.splitlines() if line.startswith("wrote ")]
+    assert len(written) == 2, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut_behind.mp4", "rocket_recede.mp4"]
