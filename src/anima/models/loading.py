@@ -18,11 +18,12 @@ from diffusers import (
     UNetSpatioTemporalConditionModel,
 )
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers import CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
 from anima.errors import InputError
 from anima.models.svd_controlnet import SVDControlNetModel
+from anima.models.tiny import CLIPProcessor
 from anima.weights import checkpoint_format
 
 #: Sub-folders of a diffusers SVD pipeline directory, the class of each, and what it is.
@@ -75,7 +76,7 @@ def load_svd_components(folder: Path, allow_pickle: bool, dtype: torch.dtype) ->
     processor_config = _require_file(
         folder / "feature_extractor" / "preprocessor_config.json", "SVD feature extractor"
     )
-    components["feature_extractor"] = CLIPImageProcessor.from_pretrained(
+    components["feature_extractor"] = CLIPProcessor.from_pretrained(
         processor_config.parent, local_files_only=True
     )
     return components

@@ -15,12 +15,12 @@ from diffusers import (
     EulerDiscreteScheduler,
     UNetSpatioTemporalConditionModel,
 )
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-try:  # transformers >= 5 names the PIL backend explicitly (no torchvision here)
-    from transformers import CLIPImageProcessorPil as _CLIPProcessor
-except ImportError:  # pragma: no cover - older transformers
-    _CLIPProcessor = CLIPImageProcessor
+try:  # transformers >= 5 names the PIL backend (torchvision is never installed with anima)
+    from transformers import CLIPImageProcessorPil as CLIPProcessor
+except ImportError:  # pragma: no cover - transformers 4
+    from transformers import CLIPImageProcessor as CLIPProcessor
 
 from anima.models.svd_controlnet import SVDControlNetModel
 
@@ -118,9 +118,9 @@ def tiny_clip_image_encoder(seed: int = 0, projection_dim: int = 32):
     return CLIPVisionModelWithProjection(config)
 
 
-def clip_feature_extractor() -> CLIPImageProcessor:
+def clip_feature_extractor() -> CLIPProcessor:
     """SVD's image processor settings (224 px, CLIP mean/std)."""
-    return _CLIPProcessor(
+    return CLIPProcessor(
         crop_size={"height": 224, "width": 224},
         size={"shortest_edge": 224},
         do_center_crop=True,

@@ -37,9 +37,10 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 )
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers import CLIPVisionModelWithProjection
 
 from anima.models.svd_controlnet import SVDControlNetModel
+from anima.models.tiny import CLIPProcessor
 from anima.models.unet_residuals import unet_residuals
 
 #: SVD's CLIP image encoder input side.
@@ -59,7 +60,7 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
         image_encoder: CLIPVisionModelWithProjection,
         unet: UNetSpatioTemporalConditionModel,
         scheduler: EulerDiscreteScheduler,
-        feature_extractor: CLIPImageProcessor,
+        feature_extractor: CLIPProcessor,
         controlnet: SVDControlNetModel,
     ) -> None:
         super().__init__(vae, image_encoder, unet, scheduler, feature_extractor)
