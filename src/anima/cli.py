@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from anima.cli_train import train_app
+from anima.cli_world import world_app
 from anima.errors import InputError
 from anima.io import atomic_path, write_video
 from anima.methods.registry import get_method, method_names
@@ -41,6 +42,7 @@ weights_app = typer.Typer(
 app.add_typer(spec_app, name="spec")
 app.add_typer(weights_app, name="weights")
 app.add_typer(train_app, name="train")
+app.add_typer(world_app, name="world")
 
 console = Console(stderr=True)
 
