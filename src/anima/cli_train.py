@@ -1,9 +1,10 @@
 """``anima train ...``: training commands (a typer sub-app, added to `anima.cli` as ``train``).
 
-``anima train levitor --data DIR --out DIR [options]`` trains the LeviTor ControlNet
-(`anima.methods.levitor.train`). The same command runs unchanged under ``accelerate launch``
-on several GPUs. Bad input (dataset layout, weights, options) is an `InputError`: one line
-``error: <what>, <where>``, exit status 2.
+``anima train svd-base --data DIR --out DIR [options]`` trains a tiny SVD base model
+(`anima.methods.svd_base.train`); ``anima train levitor --data DIR --out DIR [options]`` trains
+the LeviTor ControlNet (`anima.methods.levitor.train`). The same commands run unchanged under
+``accelerate launch`` on several GPUs. Bad input (dataset layout, weights, options) is an
+`InputError`: one line ``error: <what>, <where>``, exit status 2.
 """
 
 from __future__ import annotations
@@ -126,6 +127,90 @@ def train_levitor_command(
     loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     console.print(
         f"wrote {result.controlnet_dir} (steps {result.start_step}-{result.step}{loss}, "
+        f"{result.seconds:.1f}s)",
+        markup=False,
+        highlight=False,
+    )
+
+
+#: BaseTrainConfig field -> the option that sets it (for error messages).
+_BASE_OPTION_OF = {
+    "data": "--data",
+    "out": "--out",
+    "steps_vae": "--steps-vae",
+    "steps_unet": "--steps-unet",
+    "lr_vae": "--lr-vae",
+    "lr_unet": "--lr-unet",
+    "lr_warmup_steps": "--lr-warmup-steps",
+    "batch_size": "--batch-size",
+    "num_frames": "--frames",
+    "size": "--height/--width",
+    "kl_weight": "--kl-weight",
+    "checkpoint_every": "--checkpoint-every",
+    "checkpoints_total_limit": "--checkpoints-total-limit",
+    "resume": "--resume",
+    "seed": "--seed",
+    "log_every": "--log-every",
+}
+
+
+@train_app.command("svd-base")
+def train_svd_base_command(
+    data: Annotated[Path, typer.Option(help="Clip directory (DATA/<clip>/frames/).")],
+    out: Annotated[Path, typer.Option(help="Output directory (svd/, log, checkpoints).")],
+    steps_vae: Annotated[int, typer.Option(help="Stage 1 (VAE) steps.")] = 1000,
+    steps_unet: Annotated[int, typer.Option(help="Stage 2 (UNet + image encoder) steps.")] = 2000,
+    lr_vae: Annotated[float, typer.Option(help="Stage 1 AdamW learning rate.")] = 1e-3,
+    lr_unet: Annotated[float, typer.Option(help="Stage 2 AdamW learning rate.")] = 3e-4,
+    lr_warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps a stage.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 4,
+    frames: Annotated[int, typer.Option(help="Frames per clip sample.")] = 8,
+    height: Annotated[int, typer.Option(help="Training height (multiple of 8).")] = 64,
+    width: Annotated[int, typer.Option(help="Training width (multiple of 8).")] = 64,
+    kl_weight: Annotated[float, typer.Option(help="VAE KL weight (per-element mean).")] = 1e-4,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    checkpoints_total_limit: Annotated[
+        int | None, typer.Option(help="Keep only the newest N checkpoints.")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Checkpoint directory, or 'latest' (in --out).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    log_every: Annotated[int, typer.Option(help="Steps between log.jsonl lines.")] = 10,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a tiny SVD image-to-video base model (VAE, then UNet + image encoder)."""
+    from anima.methods.svd_base.train import BaseTrainConfig, train_svd_base
+
+    try:
+        config = BaseTrainConfig(
+            data=data,
+            out=out,
+            steps_vae=steps_vae,
+            steps_unet=steps_unet,
+            lr_vae=lr_vae,
+            lr_unet=lr_unet,
+            lr_warmup_steps=lr_warmup_steps,
+            batch_size=batch_size,
+            num_frames=frames,
+            size=(height, width),
+            kl_weight=kl_weight,
+            checkpoint_every=checkpoint_every,
+            checkpoints_total_limit=checkpoints_total_limit,
+            resume=resume,
+            seed=seed,
+            log_every=log_every,
+            quiet=quiet,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        message = first["msg"].removeprefix("Value error, ")
+        raise InputError(message, _BASE_OPTION_OF.get(field, field or "options")) from None
+    result = train_svd_base(config)
+    console = Console(stderr=True, quiet=quiet)
+    console.print(
+        f"wrote {result.svd_dir} (scaling factor {result.scaling_factor:.4f}, "
         f"{result.seconds:.1f}s)",
         markup=False,
         highlight=False,

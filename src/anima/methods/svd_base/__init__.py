@@ -1,0 +1,2 @@
+"""A tiny Stable Video Diffusion base model trained from scratch on toy clips
+(`anima.methods.svd_base.train`, ``anima train svd-base``)."""
