@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from anima.methods.levitor.controls import (
+    CONTROL_VARIANTS,
     ControlPoints,
     _sample_distance,
     compute_control_points,
     control_maps,
+    control_signal,
     depth_to_disparity_255,
     disc_geometry,
     first_frame_depth_range,
@@ -273,3 +275,40 @@ def test_disc_radius_scales_with_resolution(size: tuple[int, int], radius: int) 
 def test_first_frame_depth_range() -> None:
     distance = torch.tensor([[[2.0, 5.0], [0.0, float("inf")]], [[0.5, 50.0], [1.0, 1.0]]])
     assert first_frame_depth_range(distance) == (2.0, 5.0)
+
+
+def _two_objects_clip() -> tuple[torch.Tensor, torch.Tensor]:
+    instance = torch.zeros(3, 64, 96, dtype=torch.long)
+    instance[:, 10:40, 10:40] = 1
+    instance[:, 20:50, 50:90] = 2
+    distance = torch.full((3, 64, 96), 9.0)
+    distance[instance == 1] = 2.0
+    distance[instance == 2] = 4.0
+    return instance, distance
+
+
+@pytest.mark.parametrize("variant", CONTROL_VARIANTS)
+def test_control_variants_are_the_papers_ablations(variant: str) -> None:
+    instance, distance = _two_objects_clip()
+    full_points, full = control_signal(instance, distance, {1, 2}, seed=3)
+    points, maps = control_signal(instance, distance, {1, 2}, seed=3, variant=variant)
+    if variant == "single_point":
+        assert points.instance.tolist() == [1, 2]  # one point per object: its centre
+        # (the centroid of every 10th pixel in raster order, as the release subsamples)
+        centroids = torch.tensor([[24.5, 24.5], [69.5, 34.5]])
+        assert (points.xy[0] - centroids).abs().max() <= 5.0
+        assert full_points.num_points > 2
+    else:
+        assert torch.equal(points.xy, full_points.xy)
+        unchanged = {"full": (0, 1, 2), "no_depth": (0, 1), "no_instance": (0, 2)}[variant]
+        for channel in range(3):
+            if channel in unchanged:
+                assert torch.equal(maps[:, channel], full[:, channel])
+            else:
+                assert not maps[:, channel].any() and full[:, channel].any()
+
+
+def test_unknown_control_variant() -> None:
+    instance, distance = _two_objects_clip()
+    with pytest.raises(ValueError, match="unknown control variant"):
+        control_signal(instance, distance, {1}, variant="no_heatmap")

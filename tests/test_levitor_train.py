@@ -38,7 +38,7 @@ from anima.methods.levitor.train import (
     v_prediction_denoised,
 )
 from anima.models.loading import load_svd_controlnet
-from anima.models.tiny import svd_scheduler
+from anima.models.tiny import svd_scheduler, tiny_svd_unet
 from anima.weights import Weights
 
 TINY = Weights(builtin="tiny")
@@ -339,3 +339,18 @@ def test_cli_with_gradient_checkpointing_matches_the_api(data_dir: Path, tmp_pat
     assert isinstance(bad.exception, InputError) and "--height" in str(bad.exception)
     missing = CliRunner().invoke(train_app, cli_args(tmp_path / "m", data=tmp_path / "absent"))
     assert isinstance(missing.exception, InputError) and "not found" in str(missing.exception)
+
+
+def test_ablation_variant_reaches_the_samples_and_the_controlnet(data_dir, tmp_path) -> None:
+    """An ablation ControlNet is trained on its variant's maps and records the variant, so
+    inference feeds it the same signal; starting from another variant's model is refused."""
+    dataset = LevitorDataset(data_dir, FRAMES, SIZE, variant="no_depth")
+    sample = dataset.load(0, 1, points_seed=5)
+    assert not sample.control[:, 2].any() and sample.control[:, 0].any()
+    unet = tiny_svd_unet(seed=0)
+    controlnet = initial_controlnet(unet, None, False, seed=0, variant="no_depth")
+    assert controlnet.config.control_variant == "no_depth"
+    controlnet.save_pretrained(tmp_path / "no_depth")
+    assert load_svd_controlnet(tmp_path / "no_depth", False).config.control_variant == "no_depth"
+    with pytest.raises(InputError, match="trained on the 'no_depth' control signal"):
+        initial_controlnet(unet, tmp_path / "no_depth", False, seed=0, variant="full")

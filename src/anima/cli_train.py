@@ -46,6 +46,7 @@ _OPTION_OF = {
     "log_every": "--log-every",
     "num_workers": "--num-workers",
     "init": "--init",
+    "variant": "--variant",
 }
 
 
@@ -87,6 +88,9 @@ def train_levitor_command(
         bool, typer.Option(help="Recompute activations in the backward pass (less memory).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    variant: Annotated[
+        str, typer.Option(help="full, or an ablation: single_point, no_depth, no_instance.")
+    ] = "full",
     log_every: Annotated[int, typer.Option(help="Steps between log.jsonl lines.")] = 10,
     num_workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
     allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
@@ -112,6 +116,7 @@ def train_levitor_command(
             mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing,
             seed=seed,
+            variant=variant,
             log_every=log_every,
             num_workers=num_workers,
             init=init,

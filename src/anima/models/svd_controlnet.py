@@ -68,6 +68,10 @@ class SVDControlNetModel(ModelMixin, ConfigMixin):
     residual of a skip made in down block ``i`` of ``n`` was added ``n - i`` times (the
     ``conv_in`` skip ``n`` times). The flag multiplies each residual by that count, which makes
     such a checkpoint behave as trained with the stock UNet and our residual hooks.
+
+    ``control_variant`` records which LeviTor control signal the model was trained on
+    (`anima.methods.levitor.controls.CONTROL_VARIANTS`: the full signal or an ablation), so that
+    inference feeds it the same; released checkpoints are ``"full"``.
     """
 
     _supports_gradient_checkpointing = True
@@ -101,6 +105,7 @@ class SVDControlNetModel(ModelMixin, ConfigMixin):
         conditioning_channels: int = 3,
         conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
         cumulative_skip_residuals: bool = False,
+        control_variant: str = "full",
     ) -> None:
         super().__init__()
         blocks = len(down_block_types)
@@ -180,6 +185,7 @@ class SVDControlNetModel(ModelMixin, ConfigMixin):
         conditioning_channels: int = 3,
         conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
         load_weights_from_unet: bool = True,
+        control_variant: str = "full",
     ) -> SVDControlNetModel:
         """A ControlNet whose encoder is a copy of ``unet``'s (weights too, by default)."""
         config = unet.config
@@ -199,6 +205,7 @@ class SVDControlNetModel(ModelMixin, ConfigMixin):
             num_frames=config.num_frames,
             conditioning_channels=conditioning_channels,
             conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
+            control_variant=control_variant,
         )
         if load_weights_from_unet:
             for part in ENCODER_PARTS:

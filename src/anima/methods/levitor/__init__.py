@@ -135,6 +135,7 @@ class LeviTorMethod(Method):
             size=size,
             points_scale=self.options.points_scale,
             seed=spec.seed,
+            variant=self.load().controlnet.config.control_variant,  # what it was trained on
         )
         return LeviTorControls(spec, scene, result, points, maps, size)
 

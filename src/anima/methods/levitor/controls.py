@@ -34,6 +34,9 @@ MIN_POINTS, MAX_POINTS = 1, 8
 REFERENCE_SIDE = 288
 #: The release's Gaussian: sigma 40 px on a 200 px template resized to a 20 px patch.
 TEMPLATE_SIDE, TEMPLATE_SIGMA, PATCH_SIDE = 200.0, 40.0, 20.0
+#: The control signals of the paper's ablations (Tab. 2: without depth, without instance;
+#: Tab. S1: one point per object), each the input of its own trained ControlNet.
+CONTROL_VARIANTS = ("full", "single_point", "no_depth", "no_instance")
 #: Lloyd iterations cap (the loop stops earlier once assignments no longer change).
 MAX_LLOYD_ITERATIONS = 100
 
@@ -292,6 +295,7 @@ def compute_control_points(
     alpha: float = DEFAULT_ALPHA,
     subsample: int = 10,
     seed: int = 0,
+    max_points: int | None = None,
 ) -> ControlPoints:
     """K-means control trajectories of a rendered clip (paper Eq. 1-3, k from Eq. 4-5).
 
@@ -312,6 +316,8 @@ def compute_control_points(
         alpha: Eq. 4's alpha.
         subsample: keep every ``subsample``-th pixel before clustering.
         seed: seed of the frame-0 k-means++ (each object draws from ``(seed, id)``).
+        max_points: cap on ``k`` per object (1: the single-point setting of Tab. S1, the
+            object's mask centroid).
 
     Returns:
         Points ordered by object id, then by cluster index.
@@ -332,6 +338,8 @@ def compute_control_points(
         k = num_control_points(
             masks.sum(axis=(1, 2)).tolist(), h * w, obj in moved, alpha, points_scale
         )
+        if max_points is not None:
+            k = min(k, max_points)
         rng = np.random.default_rng([seed, obj])
         xy, dist, visible = _track_object(masks, dist_map, k, subsample, rng)
         xys.append(xy)
@@ -486,6 +494,7 @@ def control_signal(
     size: tuple[int, int] | None = None,
     points_scale: float = 1.0,
     seed: int = 0,
+    variant: str = "full",
 ) -> tuple[ControlPoints, Tensor]:
     """Instance and distance maps of a clip -> LeviTor control points and control maps.
 
@@ -493,12 +502,28 @@ def control_signal(
     a MotionSpec) and training (ground-truth masks and depth of a video) both call it. Maps are
     resized to ``size`` (the generation size) by nearest neighbour first.
 
+    ``variant`` selects the paper's ablations (`CONTROL_VARIANTS`): ``single_point`` keeps one
+    point per object (k = 1, Tab. S1), ``no_depth`` and ``no_instance`` zero channel 2 or 1
+    (Tab. 2). A ControlNet must be fed the variant it was trained on (its config says which).
+
     Returns:
         The points and the ``(F, 3, H, W)`` raw 0..255 control maps (:func:`control_maps`).
     """
     size = tuple(size or instance.shape[-2:])
     instance, distance = resize_nearest(instance, size), resize_nearest(distance, size)
+    if variant not in CONTROL_VARIANTS:
+        raise ValueError(f"unknown control variant {variant!r} (use {', '.join(CONTROL_VARIANTS)})")
     points = compute_control_points(
-        instance, distance, moved_ids, points_scale=points_scale, seed=seed
+        instance,
+        distance,
+        moved_ids,
+        points_scale=points_scale,
+        seed=seed,
+        max_points=1 if variant == "single_point" else None,
     )
-    return points, control_maps(points, size, first_frame_depth_range(distance))
+    maps = control_maps(points, size, first_frame_depth_range(distance))
+    if variant == "no_instance":
+        maps[:, 1] = 0.0
+    elif variant == "no_depth":
+        maps[:, 2] = 0.0
+    return points, maps

@@ -229,6 +229,7 @@ class LevitorDataset:
             ground-plane prior).
         move_threshold: fraction of the image diagonal that makes an object "moved".
         points_scale: `control_signal`'s multiplier of the number of points.
+        variant: `control_signal`'s control variant (the full signal or an ablation).
         fov: horizontal field of view of the ground-plane fallback, degrees.
         depth_cache_clips: how many clips' estimated distance maps stay in memory.
     """
@@ -243,6 +244,7 @@ class LevitorDataset:
         points_scale: float = 1.0,
         fov: float = DEFAULT_FOV,
         depth_cache_clips: int = 8,
+        variant: str = "full",
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -252,6 +254,7 @@ class LevitorDataset:
         self.depth_anything_dir = depth_anything_dir
         self.move_threshold = move_threshold
         self.points_scale = points_scale
+        self.variant = variant
         self.fov = fov
         self.depth_cache_clips = depth_cache_clips
         self._depth_cache: OrderedDict[str, Tensor] = OrderedDict()
@@ -387,6 +390,7 @@ class LevitorDataset:
             size=self.size,
             points_scale=self.points_scale,
             seed=points_seed,
+            variant=self.variant,
         )
         return ClipSample(
             clip.name, start, frames, instance, distance, moved, int(points_seed), control

@@ -124,6 +124,9 @@ class TrainConfig(BaseModel):
     vae_sample: bool = Field(True, description="Sample the VAE posterior (else its mean).")
     vae_encode_chunk: int = Field(8, ge=1, description="Frames the VAE encodes at a time.")
     points_scale: float = Field(1.0, gt=0)
+    variant: Literal["full", "single_point", "no_depth", "no_instance"] = Field(
+        "full", description="Control signal: the full one or a paper ablation (Tab. 2, S1)."
+    )
     move_threshold: float = Field(DEFAULT_MOVE_THRESHOLD, ge=0)
     fov: float = Field(DEFAULT_FOV, gt=1, lt=179, description="Ground-plane depth fallback.")
     init: Path | None = Field(None, description="ControlNet to start from (else from the UNet).")
@@ -401,14 +404,15 @@ def load_frozen_models(weights: Weights) -> dict[str, Any]:
 
 
 def initial_controlnet(
-    unet: Any, init: Path | None, allow_pickle: bool, seed: int
+    unet: Any, init: Path | None, allow_pickle: bool, seed: int, variant: str = "full"
 ) -> SVDControlNetModel:
     """``init`` (a ControlNet directory, or an accelerate state dir holding ``controlnet/``),
-    else `SVDControlNetModel.from_unet` (stem initialised from ``seed``). fp32."""
+    else `SVDControlNetModel.from_unet` (stem initialised from ``seed``), recording the control
+    ``variant`` it is trained on. fp32."""
     if init is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return SVDControlNetModel.from_unet(unet).float()
+            return SVDControlNetModel.from_unet(unet, control_variant=variant).float()
     from anima.models.loading import load_svd_controlnet
 
     init = Path(init)
@@ -423,6 +427,12 @@ def initial_controlnet(
     if mismatched:
         raise InputError(
             f"the ControlNet does not match the SVD UNet ({', '.join(mismatched)} differ)",
+            str(init),
+        )
+    if controlnet.config.control_variant != variant:
+        raise InputError(
+            f"the ControlNet was trained on the '{controlnet.config.control_variant}' control "
+            f"signal, not '{variant}' (--variant)",
             str(init),
         )
     return controlnet
@@ -544,6 +554,7 @@ def train_levitor(
         move_threshold=config.move_threshold,
         points_scale=config.points_scale,
         fov=config.fov,
+        variant=config.variant,
     )
     resume_dir = resolve_resume(config.resume, out)
     if resume_dir is None and config.resume is None and list_checkpoints(out):
@@ -564,7 +575,7 @@ def train_levitor(
     )
     components = load_frozen_models(weights)
     controlnet = initial_controlnet(
-        components["unet"], config.init, weights.allow_pickle, config.seed
+        components["unet"], config.init, weights.allow_pickle, config.seed, config.variant
     )
     controlnet.train()
     for name in ("vae", "image_encoder", "unet"):
