@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from anima.cli_eval import eval_app
 from anima.cli_train import train_app
 from anima.cli_world import world_app
 from anima.errors import InputError
@@ -43,6 +44,7 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(weights_app, name="weights")
 app.add_typer(train_app, name="train")
 app.add_typer(world_app, name="world")
+app.add_typer(eval_app, name="eval")
 
 console = Console(stderr=True)
 
