@@ -22,6 +22,7 @@ the colour of hit points P (M, 3).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,14 +71,16 @@ def capsule_hit(o, d, a, b, radius) -> np.ndarray:
     return np.minimum(t, np.where(body, tc, np.inf))
 
 
-class Surface:
+class Surface(ABC):
     """Something a ray can hit; subclasses have an ``instance`` id (0 = background)."""
 
+    @abstractmethod
     def intersect(self, o: np.ndarray, d: np.ndarray, f: int) -> np.ndarray:
-        raise NotImplementedError
+        """Ray parameter of the first hit of rays ``o + t d`` in frame ``f`` (inf: none)."""
 
+    @abstractmethod
     def shade(self, p: np.ndarray, f: int, t: float, footprint: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """RGB of the hit points ``p`` in frame ``f`` (``t``: time in the clip)."""
 
     def to_frame0(self, p: np.ndarray, f: int) -> np.ndarray | None:
         """Stage points of frame f carried to where the same material points are in frame 0
