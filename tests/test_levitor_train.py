@@ -32,13 +32,13 @@ from anima.methods.levitor.train import (
     initial_controlnet,
     levitor_loss,
     load_frozen_models,
-    loss_history,
     svd_conditioning,
     train_levitor,
     v_prediction_denoised,
 )
 from anima.models.loading import load_svd_controlnet
 from anima.models.tiny import svd_scheduler, tiny_svd_unet
+from anima.training import loss_history
 from anima.weights import Weights
 
 TINY = Weights(builtin="tiny")

@@ -23,13 +23,13 @@ from anima.methods.svd_base.train import (
     build_pipeline,
     initial_unet_and_encoder,
     initial_vae,
-    loss_history,
     svd_loss,
     train_svd_base,
     vae_loss,
 )
 from anima.models.loading import load_svd_components
 from anima.models.svd_controlnet import SVDControlNetModel
+from anima.training import loss_history
 from anima.world.clip import WorldConfig
 from anima.world.writer import write_world
 

@@ -50,11 +50,12 @@ _OPTION_OF = {
 }
 
 
-def _config_error(error: ValidationError) -> InputError:
+def _config_error(error: ValidationError, option_of: dict[str, str] = _OPTION_OF) -> InputError:
+    """The first validation error of a training config, named by the option that set it."""
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else ""
     message = first["msg"].removeprefix("Value error, ")
-    return InputError(message, _OPTION_OF.get(field, field or "options"))
+    return InputError(message, option_of.get(field, field or "options"))
 
 
 @train_app.command("levitor")
@@ -208,10 +209,7 @@ def train_svd_base_command(
             quiet=quiet,
         )
     except ValidationError as error:
-        first = error.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        message = first["msg"].removeprefix("Value error, ")
-        raise InputError(message, _BASE_OPTION_OF.get(field, field or "options")) from None
+        raise _config_error(error, _BASE_OPTION_OF) from None
     result = train_svd_base(config)
     console = Console(stderr=True, quiet=quiet)
     console.print(

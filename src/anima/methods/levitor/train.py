@@ -56,9 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -82,12 +80,20 @@ from anima.methods.levitor.dataset import (
 )
 from anima.models.svd_controlnet import SVDControlNetModel
 from anima.models.unet_residuals import unet_residuals
+from anima.training import (
+    CHECKPOINT_PREFIX,
+    CONFIG_FILE,
+    LOG_FILE,
+    STATE_FILE,
+    checked_checkpoint,
+    make_accelerator,
+    prune_checkpoints,
+    save_checkpoint,
+    warmup_lr,
+    write_json,
+)
 from anima.weights import DEPTH_ANYTHING, SVD, Weights
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "training_state.json"
-LOG_FILE = "log.jsonl"
-CONFIG_FILE = "train_config.json"
 CONTROLNET_DIR = "controlnet"
 #: Streams of the per-step generators.
 DATA_STREAM, NOISE_STREAM = 0, 1
@@ -493,15 +499,7 @@ def resolve_resume(resume: str | None, out: Path) -> Path | None:
     if resume == "latest":
         found = list_checkpoints(out)
         return found[-1] if found else None
-    path = Path(resume).expanduser()
-    if not (path / STATE_FILE).is_file():
-        raise InputError(f"not a training checkpoint (no {STATE_FILE})", str(path))
-    return path
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return checked_checkpoint(resume)
 
 
 def _trim_log(path: Path, last_step: int) -> None:
@@ -515,13 +513,6 @@ def _trim_log(path: Path, last_step: int) -> None:
     ]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in kept))
-
-
-def _learning_rate(config: TrainConfig, step: int) -> float:
-    """Learning rate of optimizer step ``step`` (1-based): linear warm-up, then constant."""
-    if config.lr_warmup_steps <= 0:
-        return config.lr
-    return config.lr * min(1.0, step / config.lr_warmup_steps)
 
 
 # ------------------------------------------------------------------------------------------
@@ -542,8 +533,6 @@ def train_levitor(
             "tiny")`` trains on tiny random models.
         on_progress: called on the main process after every step as ``(step, steps, loss)``.
     """
-    from accelerate import Accelerator
-
     weights = weights or Weights()
     out = Path(config.out)
     dataset = LevitorDataset(
@@ -564,11 +553,7 @@ def train_levitor(
             str(out),
         )
 
-    # Several processes without CUDA (torchrun on CPU) need accelerate's multi-CPU mode.
-    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, project_dir=str(out), cpu=multi_cpu
-    )
+    accelerator = make_accelerator(out, config.mixed_precision)
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
@@ -616,7 +601,7 @@ def train_levitor(
     is_main = accelerator.is_main_process
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / CONFIG_FILE, config.model_dump(mode="json"))
+        write_json(out / CONFIG_FILE, config.model_dump(mode="json"))
         if start == 0:
             (out / LOG_FILE).unlink(missing_ok=True)
         else:
@@ -645,7 +630,7 @@ def train_levitor(
     micro_losses: list[Tensor] = []
     for index, batch in enumerate(loader, start=start * accumulation):
         micro = index % accumulation
-        lr = _learning_rate(config, step + 1)
+        lr = warmup_lr(config.lr, config.lr_warmup_steps, step + 1)
         draws = StepNoise.draw(
             step_generator(config.seed, index, process, NOISE_STREAM),
             config.batch_size,
@@ -746,28 +731,10 @@ def _register_state_hooks(accelerator: Any) -> None:
 
 
 def _save_checkpoint(accelerator: Any, out: Path, step: int, config: TrainConfig) -> Path:
-    """``out/checkpoint-<step>``, written under a temporary name and renamed when complete."""
-    final = out / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = out / f".{CHECKPOINT_PREFIX}{step}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    """``out/checkpoint-<step>`` (the ControlNet goes in by the save hook)."""
+    final = save_checkpoint(
+        accelerator, out / f"{CHECKPOINT_PREFIX}{step}", {"step": step, "seed": config.seed}
+    )
     if accelerator.is_main_process:
-        state = {"step": step, "seed": config.seed, "num_processes": accelerator.num_processes}
-        _write_json(tmp / STATE_FILE, state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if config.checkpoints_total_limit is not None:
-            for old in list_checkpoints(out)[: -config.checkpoints_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+        prune_checkpoints(list_checkpoints(out), config.checkpoints_total_limit)
     return final
-
-
-def loss_history(out: Path) -> list[dict[str, float]]:
-    """The lines of ``out/log.jsonl``."""
-    path = Path(out) / LOG_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

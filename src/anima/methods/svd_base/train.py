@@ -44,9 +44,7 @@ through the pipeline unwrapped, so its gradients are averaged by hand (`_sync_gr
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -70,13 +68,21 @@ from anima.methods.levitor.train import (
     epsilon_loss,
     step_generator,
 )
+from anima.training import (
+    CHECKPOINT_PREFIX,
+    CONFIG_FILE,
+    LOG_FILE,
+    STATE_FILE,
+    checked_checkpoint,
+    make_accelerator,
+    prune_checkpoints,
+    save_checkpoint,
+    warmup_lr,
+    write_json,
+)
 
 Stage = Literal["vae", "unet"]
 STAGES: tuple[Stage, ...] = ("vae", "unet")
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "training_state.json"
-LOG_FILE = "log.jsonl"
-CONFIG_FILE = "train_config.json"
 SVD_DIR = "svd"
 VAE_DIR = "vae"
 #: Generator streams: (data, noise) of each stage, and the scaling-factor estimate.
@@ -378,15 +384,7 @@ def resolve_resume(resume: str | None, out: Path) -> Path | None:
             return unet[-1]
         vae = [] if _stage1_done(out) else list_checkpoints(out, "vae")
         return vae[-1] if vae else None
-    path = Path(resume).expanduser()
-    if not (path / STATE_FILE).is_file():
-        raise InputError(f"not a training checkpoint (no {STATE_FILE})", str(path))
-    return path
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return checked_checkpoint(resume)
 
 
 def _trim_log(path: Path, stage: str, last_step: int) -> None:
@@ -404,10 +402,6 @@ def _trim_log(path: Path, stage: str, last_step: int) -> None:
         tmp.write_text("".join(line + "\n" for line in kept))
 
 
-def _learning_rate(lr: float, warmup: int, step: int) -> float:
-    return lr if warmup <= 0 else lr * min(1.0, step / warmup)
-
-
 def _save_checkpoint(
     accelerator: Any,
     out: Path,
@@ -416,32 +410,20 @@ def _save_checkpoint(
     config: BaseTrainConfig,
     vae: Any | None,
 ) -> Path:
-    """``out/checkpoint-<stage>-<step>``: accelerate state (+ frozen ``vae/`` in stage 2),
-    written under a temporary name and renamed when complete."""
-    final = out / f"{CHECKPOINT_PREFIX}{stage}-{step}"
-    tmp = out / f".{final.name}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    """``out/checkpoint-<stage>-<step>``: accelerate state (+ frozen ``vae/`` in stage 2)."""
+
+    def write_vae(folder: Path) -> None:
         if vae is not None:
-            vae.save_pretrained(tmp / VAE_DIR, safe_serialization=True)
-        state = {
-            "stage": stage,
-            "step": step,
-            "seed": config.seed,
-            "num_processes": accelerator.num_processes,
-        }
-        _write_json(tmp / STATE_FILE, state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if config.checkpoints_total_limit is not None:
-            for old in list_checkpoints(out)[: -config.checkpoints_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+            vae.save_pretrained(folder / VAE_DIR, safe_serialization=True)
+
+    final = save_checkpoint(
+        accelerator,
+        out / f"{CHECKPOINT_PREFIX}{stage}-{step}",
+        {"stage": stage, "step": step, "seed": config.seed},
+        write_vae,
+    )
+    if accelerator.is_main_process:
+        prune_checkpoints(list_checkpoints(out), config.checkpoints_total_limit)
     return final
 
 
@@ -465,14 +447,6 @@ def _sync_grads(accelerator: Any, params: Sequence[Tensor]) -> None:
 # ------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------
-
-
-def _make_accelerator(out: Path) -> Any:
-    from accelerate import Accelerator
-
-    # Several processes without CUDA (torchrun on CPU) need accelerate's multi-CPU mode.
-    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(project_dir=str(out), cpu=multi_cpu)
 
 
 def _run_stage(
@@ -512,7 +486,7 @@ def _run_stage(
     interval_start = time.perf_counter()
     losses = result.losses.setdefault(stage, [])
     for step in range(start, steps):
-        current_lr = _learning_rate(lr, config.lr_warmup_steps, step + 1)
+        current_lr = warmup_lr(lr, config.lr_warmup_steps, step + 1)
         loss, extra = loss_fn(step, accelerator.process_index, wrapped)
         accelerator.backward(loss)
         _sync_grads(accelerator, params)
@@ -583,11 +557,11 @@ def train_svd_base(
     elif config.resume is not None and _stage1_done(out):
         resume_stage = "unet"
 
-    accelerator = _make_accelerator(out)
+    accelerator = make_accelerator(out)
     device = accelerator.device
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / CONFIG_FILE, config.model_dump(mode="json"))
+        write_json(out / CONFIG_FILE, config.model_dump(mode="json"))
         if resume_dir is None and resume_stage == "vae":
             (out / LOG_FILE).unlink(missing_ok=True)
         else:
@@ -635,10 +609,10 @@ def train_svd_base(
         if accelerator.is_main_process:
             with atomic_dir(out / VAE_DIR) as tmp:
                 vae.save_pretrained(tmp, safe_serialization=True)
-                _write_json(tmp / STATE_FILE, {"stage": "vae", "step": config.steps_vae})
+                write_json(tmp / STATE_FILE, {"stage": "vae", "step": config.steps_vae})
         accelerator.wait_for_everyone()
         accelerator.free_memory()
-        accelerator = _make_accelerator(out)
+        accelerator = make_accelerator(out)
         resume_dir, resume_step = None, 0
 
     # Stage 2: UNet + image encoder on the frozen VAE.
@@ -700,9 +674,3 @@ def train_svd_base(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
-
-
-def loss_history(out: Path) -> list[dict[str, Any]]:
-    """The lines of ``out/log.jsonl``."""
-    path = Path(out) / LOG_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
