@@ -7,6 +7,7 @@ no output file left behind); 1 internal error (with a traceback, for a bug repor
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -161,8 +162,6 @@ def animate_command(
 def _split_across_processes(jobs: list, device: str) -> tuple[list, str]:
     """This process's share of ``jobs`` under ``accelerate launch`` (else all of them), and its
     device: process i of a multi-GPU launch uses ``cuda:<local index>``."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return jobs, device
     from accelerate import PartialState

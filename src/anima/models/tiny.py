@@ -9,6 +9,9 @@ vision tower keeps SVD's 224 px input (patch 32).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from diffusers import (
     AutoencoderKLTemporalDecoder,
@@ -68,54 +71,63 @@ SVD_XT_UNET_CONFIG = {
 }
 
 
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draw from torch's global generator seeded with ``seed``, restoring the caller's state
+    afterwards (building a tiny model never changes the user's random stream)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def tiny_svd_unet(seed: int = 0, block_out_channels: tuple[int, ...] = (32, 64)):
     """A two-level `UNetSpatioTemporalConditionModel` (cross-attention down, plain down)."""
-    torch.manual_seed(seed)
-    levels = len(block_out_channels)
-    return UNetSpatioTemporalConditionModel(
-        sample_size=8,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (levels - 1)
-        + ("DownBlockSpatioTemporal",),
-        up_block_types=("UpBlockSpatioTemporal",)
-        + ("CrossAttnUpBlockSpatioTemporal",) * (levels - 1),
-        block_out_channels=block_out_channels,
-        addition_time_embed_dim=32,
-        projection_class_embeddings_input_dim=96,
-        layers_per_block=2,
-        cross_attention_dim=32,
-        num_attention_heads=tuple(c // 16 for c in block_out_channels),
-        num_frames=16,
-    )
+    with seeded(seed):
+        levels = len(block_out_channels)
+        return UNetSpatioTemporalConditionModel(
+            sample_size=8,
+            in_channels=8,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (levels - 1)
+            + ("DownBlockSpatioTemporal",),
+            up_block_types=("UpBlockSpatioTemporal",)
+            + ("CrossAttnUpBlockSpatioTemporal",) * (levels - 1),
+            block_out_channels=block_out_channels,
+            addition_time_embed_dim=32,
+            projection_class_embeddings_input_dim=96,
+            layers_per_block=2,
+            cross_attention_dim=32,
+            num_attention_heads=tuple(c // 16 for c in block_out_channels),
+            num_frames=16,
+        )
 
 
 def tiny_svd_vae(seed: int = 0) -> AutoencoderKLTemporalDecoder:
     """Four 32-channel levels: 8x down like SVD's VAE, a few thousand parameters a level."""
-    torch.manual_seed(seed)
-    return AutoencoderKLTemporalDecoder(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        sample_size=64,
-    )
+    with seeded(seed):
+        return AutoencoderKLTemporalDecoder(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            sample_size=64,
+        )
 
 
 def tiny_clip_image_encoder(seed: int = 0, projection_dim: int = 32):
-    torch.manual_seed(seed)
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        projection_dim=projection_dim,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=224,
-        patch_size=32,
-    )
-    return CLIPVisionModelWithProjection(config)
+    with seeded(seed):
+        config = CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=projection_dim,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=224,
+            patch_size=32,
+        )
+        return CLIPVisionModelWithProjection(config)
 
 
 def clip_feature_extractor() -> CLIPProcessor:
@@ -152,15 +164,15 @@ def tiny_controlnet(
     """A ControlNet made from ``unet`` (encoder copied). Its zero convs stay zero, as training
     starts, unless ``random_output``: then they are small random values, so that a smoke test's
     video depends on the controls like a trained model's."""
-    torch.manual_seed(seed)
-    controlnet = SVDControlNetModel.from_unet(unet)
-    if random_output:
-        zero_convs = [
-            controlnet.controlnet_cond_embedding.conv_out,
-            *controlnet.controlnet_down_blocks,
-            controlnet.controlnet_mid_block,
-        ]
-        with torch.no_grad():
-            for conv in zero_convs:
-                conv.weight.normal_(std=0.02)
-    return controlnet
+    with seeded(seed):
+        controlnet = SVDControlNetModel.from_unet(unet)
+        if random_output:
+            zero_convs = [
+                controlnet.controlnet_cond_embedding.conv_out,
+                *controlnet.controlnet_down_blocks,
+                controlnet.controlnet_mid_block,
+            ]
+            with torch.no_grad():
+                for conv in zero_convs:
+                    conv.weight.normal_(std=0.02)
+        return controlnet

@@ -395,8 +395,7 @@ def load_frozen_models(weights: Weights) -> dict[str, Any]:
     if weights.builtin == "tiny":
         from anima.models.tiny import tiny_svd_components
 
-        with torch.random.fork_rng(devices=[]):
-            return tiny_svd_components(seed=0)
+        return tiny_svd_components(seed=0)
     if weights.builtin is not None:
         raise InputError(
             f"LeviTor training needs SVD weights; built-in '{weights.builtin}' has none "
@@ -416,8 +415,9 @@ def initial_controlnet(
     else `SVDControlNetModel.from_unet` (stem initialised from ``seed``), recording the control
     ``variant`` it is trained on. fp32."""
     if init is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        from anima.models.tiny import seeded
+
+        with seeded(seed):
             return SVDControlNetModel.from_unet(unet, control_variant=variant).float()
     from anima.models.loading import load_svd_controlnet
 

@@ -227,18 +227,14 @@ class FramesDataset:
 def initial_vae(seed: int) -> Any:
     from anima.models.tiny import tiny_svd_vae
 
-    with torch.random.fork_rng(devices=[]):
-        return tiny_svd_vae(seed)
+    return tiny_svd_vae(seed)
 
 
 def initial_unet_and_encoder(seed: int, unet_channels: Sequence[int] = (32, 64)) -> tuple:
     """The random stage-2 models: (UNet, CLIP image encoder)."""
     from anima.models.tiny import tiny_clip_image_encoder, tiny_svd_unet
 
-    with torch.random.fork_rng(devices=[]):
-        unet = tiny_svd_unet(seed, tuple(unet_channels))
-        encoder = tiny_clip_image_encoder(seed + 1)
-    return unet, encoder
+    return tiny_svd_unet(seed, tuple(unet_channels)), tiny_clip_image_encoder(seed + 1)
 
 
 def build_pipeline(vae: Any, image_encoder: Any, unet: Any) -> Any:
