@@ -117,11 +117,16 @@ def test_pan_moves_the_image_against_the_camera_by_the_expected_pixels() -> None
     spec = spec_for([], camera={"type": "pan", "x": 0.1})
     result = render(scene, build_animation(spec, scene))
     focal = float(scene.intrinsics[0, 0])
-    shift = round(focal * 0.1 * 10.0 / 10.0)  # camera moves 1 unit right at distance 10
-    assert torch.allclose(
-        result.rgb[-1, :, :, : 160 - shift - 1], scene.image[:, :, shift:159], atol=1e-6
+    shift = focal * 0.1 * 10.0 / 10.0  # camera moves 1 unit right at distance 10: 13.86 px
+    whole, fraction = int(shift), shift - int(shift)
+    assert 0.1 < fraction < 0.9  # a sub-pixel shift: nearest-pixel splatting would be off
+    width = 160 - whole - 1
+    expected = (1 - fraction) * scene.image[:, :, whole : whole + width] + fraction * (
+        scene.image[:, :, whole + 1 : whole + 1 + width]
     )
-    assert not bool(result.visible[-1, :, -shift:].any())  # newly seen border: filled, not observed
+    assert torch.allclose(result.rgb[-1, :, :, :width], expected, atol=1e-4)
+    hidden = round(shift)
+    assert not bool(result.visible[-1, :, -hidden:].any())  # newly seen border: not observed
 
 
 def test_zoom_and_dolly_magnify_without_holes() -> None:

@@ -29,6 +29,7 @@ from anima.methods.svd_base.train import (
 )
 from anima.models.loading import load_svd_components
 from anima.models.svd_controlnet import SVDControlNetModel
+from anima.models.tiny import stem_channels, vae_scale_factor
 from anima.training import loss_history
 from anima.world.clip import WorldConfig
 from anima.world.writer import write_world
@@ -97,7 +98,9 @@ def test_unet_steps_lower_the_edm_loss(full_run, fixed_frames) -> None:
     config, result = full_run
     components = load_svd_components(result.svd_dir, False, torch.float32)
     vae = components["vae"]
-    draws = StepNoise.draw(torch.Generator().manual_seed(3), 2, FRAMES, 4, SIZE, 0.0, 1.0)
+    draws = StepNoise.draw(
+        torch.Generator().manual_seed(3), 2, FRAMES, 4, SIZE, 0.0, 1.0, vae_scale_factor(vae)
+    )
     draws.sigma = torch.tensor([0.7, 2.0])
 
     def loss(unet, encoder) -> float:
@@ -123,7 +126,10 @@ def test_output_loads_and_runs_in_the_levitor_pipeline(full_run) -> None:
     assert list(result.svd_dir.glob("unet/*.safetensors"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        controlnet = SVDControlNetModel.from_unet(components["unet"])
+        controlnet = SVDControlNetModel.from_unet(
+            components["unet"],
+            conditioning_embedding_out_channels=stem_channels(vae_scale_factor(components["vae"])),
+        )
     pipe = LeviTorPipeline(**components, controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)
     image = torch.rand(3, *SIZE, generator=torch.Generator().manual_seed(0))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.interpolate import PchipInterpolator
 
-from anima.camera import project, rigid, rotation_matrix, transform_points, unproject
+from anima.camera import rigid, rotation_matrix, unproject
 from anima.scene import Scene
 from anima.spec import (
     DollyCamera,
@@ -158,31 +158,3 @@ def build_animation(spec: MotionSpec, scene: Scene) -> Animation:
     anchors, poses = object_poses(spec, scene)
     world_to_camera, intrinsics = camera_path(spec, scene)
     return Animation(spec.num_frames, anchors, poses, world_to_camera, intrinsics, spec.moved_ids)
-
-
-def point_magnification(
-    points: torch.Tensor, pose: torch.Tensor, animation: Animation, size: tuple[int, int]
-) -> torch.Tensor:
-    """Largest image-space magnification of each point (N, 3) over the clip, (N,).
-
-    A surface element at planar distance z0 seen with focal f0 and later at z with focal f is
-    scaled by (f / f0) * (z0 / z). Frames where the point is behind the camera or outside the
-    image do not count. The renderer supersamples each point by the ceiling of this value so
-    that no holes open when a surface comes nearer."""
-    height, width = size
-    focal0 = float(animation.intrinsics[0, 0, 0])
-    best = torch.ones(len(points), dtype=torch.float64)
-    for f in range(animation.num_frames):
-        cam = animation.world_to_camera[f] @ pose[f]
-        moved = transform_points(cam, points)
-        xy, z = project(moved, animation.intrinsics[f])
-        seen = (
-            (z > 1e-6)
-            & (xy[:, 0] > -1)
-            & (xy[:, 0] < width)
-            & (xy[:, 1] > -1)
-            & (xy[:, 1] < height)
-        )
-        ratio = float(animation.intrinsics[f, 0, 0]) / focal0 * points[:, 2] / z.clamp_min(1e-6)
-        best = torch.where(seen, torch.maximum(best, ratio), best)
-    return best

@@ -19,6 +19,13 @@ z-test, giving per frame RGB, planar distance, instance ids (0 = background) and
   identity trajectory reproduces the input image exactly. With a moving camera the plate is
   splatted like any point group; pixels nothing lands on (frame borders, parallax gaps) are
   inpainted per frame and marked not visible.
+- **Colours looked up backwards.** Splatting rounds every point to a pixel centre, which alone
+  would shift moving texture by up to half a pixel (nearest-neighbour warping). The z-buffer
+  only decides *which* surface a pixel shows; its colour is then looked up backwards: with the
+  winning point's source position s, its projection p and the local Jacobian J of the warp
+  (projections of s + (1, 0) and s + (0, 1)), the pixel centre c comes from s + J^-1 (c - p),
+  sampled bilinearly among the group's own source pixels (an object never takes the colour
+  of what surrounds it).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import cv2
 import numpy as np
 import torch
 
-from anima.animation import Animation, point_magnification
+from anima.animation import Animation
 from anima.camera import project, transform_points, unproject
 from anima.scene import Scene
 
@@ -88,13 +95,22 @@ def background_plate(scene: Scene, radius: int = 5, margin: int = 3) -> Backgrou
 
 @dataclass
 class _PointGroup:
-    """Sub-sampled surface points that move together: the plate or one object."""
+    """Sub-sampled surface points that move together: the plate or one object.
+
+    ``world_dx``/``world_dy`` are the world points one source pixel to the right of and below
+    each point (on the plate's interpolated surface, or, for an object, at the point's own
+    distance: a fronto-parallel patch), giving the warp's local Jacobian in every frame."""
 
     world: torch.Tensor  # (M, 3) float32 world points (first frame's camera coordinates)
     rgb: torch.Tensor  # (M, 3)
     observed: torch.Tensor  # (M,) bool
     instance: int
     pose: torch.Tensor  # (F, 4, 4) float64
+    source_xy: torch.Tensor  # (M, 2) sub-pixel positions in the first frame
+    world_dx: torch.Tensor  # (M, 3)
+    world_dy: torch.Tensor  # (M, 3)
+    colours: torch.Tensor  # (3, H, W) the image the group's colours are looked up in
+    support: torch.Tensor  # (H, W) float: 1 on the group's own source pixels
 
 
 def _sub_offsets(factor: int) -> torch.Tensor:
@@ -103,14 +119,98 @@ def _sub_offsets(factor: int) -> torch.Tensor:
     return torch.stack([ox.reshape(-1), oy.reshape(-1)], dim=-1)
 
 
-def _sample_colour(image: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Bilinear colour of (M, 2) sub-pixel positions in a (3, H, W) image."""
+def _bilinear(image: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """Bilinear values (M, C) of (M, 2) sub-pixel positions in a (C, H, W) image."""
     height, width = image.shape[-2:]
     grid = torch.stack([xy[:, 0] / max(width - 1, 1), xy[:, 1] / max(height - 1, 1)], -1) * 2 - 1
     out = torch.nn.functional.grid_sample(
         image[None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=True
     )
     return out[0, :, 0].T
+
+
+def _in_support(support: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """(M,) bool: the positions (M, 2) fall in a support pixel's square (a mask pixel covers
+    its whole unit square, so corners stay square)."""
+    height, width = support.shape
+    px, py = (xy[:, 0] + 0.5).floor().long(), (xy[:, 1] + 0.5).floor().long()
+    inside = (px >= 0) & (px < width) & (py >= 0) & (py < height)
+    return inside & (support[py.clamp(0, height - 1), px.clamp(0, width - 1)] > 0)
+
+
+def _supported_colour(
+    colours: torch.Tensor, support: torch.Tensor, xy: torch.Tensor, fallback: torch.Tensor
+) -> torch.Tensor:
+    """Bilinear colour (M, 3) from the ``support`` pixels only (an object's colour never mixes
+    with what surrounds it); ``fallback`` (M, 3) where no supported pixel is near."""
+    weighted = _bilinear(torch.cat([colours * support, support[None]]), xy)
+    weight = weighted[:, 3:]
+    return torch.where(weight > 1e-6, weighted[:, :3] / weight.clamp_min(1e-6), fallback)
+
+
+def _surface_steps(
+    mask: torch.Tensor,
+    distance: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    points: torch.Tensor,
+    intrinsics: torch.Tensor,
+    smooth_surface: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The surface's 3D step (N, 3) per source pixel in x and in y at each masked pixel: a
+    central difference of the unprojected distance map over masked neighbours (one-sided at
+    the mask's edge). A neighbour across a depth jump (> 25 %, another surface) is not used;
+    with no usable neighbour the patch is taken fronto-parallel. ``smooth_surface``: every
+    pixel counts as masked (the plate's distance is complete)."""
+    height, width = mask.shape
+    usable_mask = torch.ones_like(mask) if smooth_surface else mask
+    depth = distance[ys, xs].float()
+    steps = []
+    for dx, dy in ((1, 0), (0, 1)):
+        sides = []
+        for sign in (1, -1):
+            nx, ny = xs + sign * dx, ys + sign * dy
+            inside = (nx >= 0) & (nx < width) & (ny >= 0) & (ny < height)
+            nx, ny = nx.clamp(0, width - 1), ny.clamp(0, height - 1)
+            neighbour_depth = distance[ny, nx].float()
+            ok = inside & usable_mask[ny, nx] & ((neighbour_depth - depth).abs() < 0.25 * depth)
+            neighbour = unproject(torch.stack([nx, ny], -1).float(), neighbour_depth, intrinsics)
+            sides.append((ok, (neighbour - points) * sign))
+        (ok_plus, plus), (ok_minus, minus) = sides
+        flat = unproject(torch.stack([xs + dx, ys + dy], -1).float(), depth, intrinsics) - points
+        both = ok_plus & ok_minus
+        step = torch.where(both[:, None], (plus + minus) / 2, flat)
+        step = torch.where((ok_plus & ~ok_minus)[:, None], plus, step)
+        steps.append(torch.where((ok_minus & ~ok_plus)[:, None], minus, step))
+    return steps[0], steps[1]
+
+
+def _magnification(
+    points: torch.Tensor,
+    step_x: torch.Tensor,
+    step_y: torch.Tensor,
+    pose: torch.Tensor,
+    animation: Animation,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Largest image-space length (N,) of a one-pixel step of each point's surface over the
+    frames where the point is in front of the camera and in the image: the warp's local
+    Jacobian, so a surface seen at a grazing angle in the first frame and head-on later
+    counts as magnified (foreshortening), not only one that comes nearer."""
+    height, width = size
+    best = torch.ones(len(points))
+    for f in range(animation.num_frames):
+        cam = (animation.world_to_camera[f] @ pose[f]).float()
+        intrinsics = animation.intrinsics[f].float()
+        xy, z = project(transform_points(cam, points), intrinsics)
+        seen = (z > 1e-6) & (xy[:, 0] > -1) & (xy[:, 0] < width) & (xy[:, 1] > -1)
+        seen &= xy[:, 1] < height
+        length = torch.zeros(len(points))
+        for step in (step_x, step_y):
+            moved = project(transform_points(cam, points + step), intrinsics)[0]
+            length = torch.maximum(length, (moved - xy).norm(dim=-1))
+        best = torch.where(seen, torch.maximum(best, length), best)
+    return best
 
 
 def _point_group(
@@ -122,33 +222,78 @@ def _point_group(
     instance: int,
     pose: torch.Tensor,
     animation: Animation,
+    smooth_surface: bool,
 ) -> _PointGroup:
-    """The pixels under ``mask`` as points, each supersampled by its own magnification."""
+    """The pixels under ``mask`` as points, each supersampled by its own magnification on its
+    surface's tangent plane. ``smooth_surface``: see `_surface_steps` (the plate)."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
     xy = torch.stack([xs, ys], dim=-1).float()
-    depth = distance[ys, xs].float()
     k0 = scene.intrinsics.float()
-    points = unproject(xy, depth, k0)
-    magnification = point_magnification(points.double(), pose, animation, scene.size)
+    points = unproject(xy, distance[ys, xs].float(), k0)
+    step_x, step_y = _surface_steps(mask, distance, ys, xs, points, k0, smooth_surface)
+    magnification = _magnification(points, step_x, step_y, pose, animation, scene.size)
     # Sub-points spaced <= 1/1.1 target pixel: rounding to pixel centres then skips none, even
     # with float error at exact integer magnifications. Unmagnified points stay single.
     factor = (magnification * 1.1).ceil().clamp(1, MAX_SUPERSAMPLE).long()
     factor[magnification <= 1.0 + 1e-3] = 1
-    parts_xy, parts_depth, parts_observed, parts_rgb = [], [], [], []
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("xy", "world", "sx", "sy", "obs")}
     for level in factor.unique().tolist():
         chosen = factor == level
         offsets = _sub_offsets(level)
-        sub_xy = (xy[chosen][:, None, :] + offsets[None]).reshape(-1, 2)
-        parts_xy.append(sub_xy)
-        parts_depth.append(depth[chosen].repeat_interleave(len(offsets)))
-        parts_observed.append(observed[ys[chosen], xs[chosen]].repeat_interleave(len(offsets)))
-        if level == 1:
-            parts_rgb.append(colours[:, ys[chosen], xs[chosen]].T)
-        else:  # magnified: bilinear colour between pixel centres, not blocks
-            parts_rgb.append(_sample_colour(colours, sub_xy))
-    sub_depth = torch.cat(parts_depth)
-    world = unproject(torch.cat(parts_xy), sub_depth, k0)
-    return _PointGroup(world, torch.cat(parts_rgb), torch.cat(parts_observed), instance, pose)
+        count = len(offsets)
+        sx, sy = (
+            step_x[chosen].repeat_interleave(count, 0),
+            step_y[chosen].repeat_interleave(count, 0),
+        )
+        ox, oy = (
+            offsets[:, :1].repeat(int(chosen.sum()), 1),
+            offsets[:, 1:].repeat(int(chosen.sum()), 1),
+        )
+        parts["xy"].append((xy[chosen][:, None, :] + offsets[None]).reshape(-1, 2))
+        parts["world"].append(points[chosen].repeat_interleave(count, 0) + ox * sx + oy * sy)
+        parts["sx"].append(sx)
+        parts["sy"].append(sy)
+        parts["obs"].append(observed[ys[chosen], xs[chosen]].repeat_interleave(count))
+    sub_xy, world = torch.cat(parts["xy"]), torch.cat(parts["world"])
+    support = (mask & observed).float()
+    pixel = (sub_xy + 0.5).floor().long()
+    own_colour = colours[:, pixel[:, 1], pixel[:, 0]].T
+    return _PointGroup(
+        world=world,
+        rgb=_supported_colour(colours, support, sub_xy, own_colour),
+        observed=torch.cat(parts["obs"]),
+        instance=instance,
+        pose=pose,
+        source_xy=sub_xy,
+        world_dx=world + torch.cat(parts["sx"]),
+        world_dy=world + torch.cat(parts["sy"]),
+        colours=colours,
+        support=support,
+    )
+
+
+def _source_positions(
+    group: _PointGroup,
+    cam: torch.Tensor,
+    intrinsics: torch.Tensor,
+    projected: torch.Tensor,
+    winner: torch.Tensor,
+    pixel_xy: torch.Tensor,
+) -> torch.Tensor:
+    """First-frame positions (N, 2) of the pixel centres ``pixel_xy`` (N, 2) won by the group's
+    points ``winner``: s + J^-1 (c - p) (module docstring), where ``projected`` (M, 2) are the
+    group's projections in this frame."""
+    p = projected[winner]
+    step_x = project(transform_points(cam, group.world_dx[winner]), intrinsics)[0] - p
+    step_y = project(transform_points(cam, group.world_dy[winner]), intrinsics)[0] - p
+    jacobian = torch.stack([step_x, step_y], dim=-1)  # (N, 2, 2), columns = unit steps
+    usable = torch.linalg.det(jacobian).abs() > 1e-3
+    safe = torch.where(usable[:, None, None], jacobian, torch.eye(2).expand_as(jacobian))
+    delta = torch.linalg.solve(safe, (pixel_xy - p)[..., None])[..., 0]
+    # A winner lies within half a pixel of the centre; larger steps only come from a
+    # degenerate (edge-on) Jacobian, where staying at the point is the better guess.
+    delta = torch.where(usable[:, None], delta.clamp(-1.0, 1.0), torch.zeros_like(delta))
+    return group.source_xy[winner] + delta
 
 
 def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_plate: bool):
@@ -158,8 +303,16 @@ def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_pl
         everywhere = torch.ones(scene.size, dtype=torch.bool)
         groups.append(
             _point_group(
-                scene, everywhere, plate.rgb, plate.distance, plate.observed, 0, identity, animation
-            )
+                scene,
+                everywhere,
+                plate.rgb,
+                plate.distance,
+                plate.observed,
+                0,
+                identity,
+                animation,
+                smooth_surface=True,
+            )  # fmt: skip
         )
     all_observed = torch.ones(scene.size, dtype=torch.bool)
     for object_id in scene.object_ids:
@@ -173,6 +326,7 @@ def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_pl
                 object_id,
                 animation.object_poses[object_id],
                 animation,
+                smooth_surface=False,
             )
         )
     return groups
@@ -225,25 +379,57 @@ def render(
     visible = torch.empty(frames, num_pixels, dtype=torch.bool)
     holes = torch.zeros(frames, num_pixels, dtype=torch.bool)
     for f in range(frames):
-        keys = seed_keys.clone()
         depth_of = torch.empty(table_size)
         if not splat_plate:
             depth_of[:num_pixels] = plate_z
+        splats = []
         for group, start in zip(groups, starts, strict=True):
             cam = (animation.world_to_camera[f] @ group.pose[f]).float()
-            points = transform_points(cam, group.world)
-            xy, z = project(points, animation.intrinsics[f].float())
+            xy, z = project(transform_points(cam, group.world), animation.intrinsics[f].float())
             px = torch.floor(xy[:, 0] + 0.5).long()
             py = torch.floor(xy[:, 1] + 0.5).long()
             inside = (z > 1e-6) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
-            index = torch.arange(start, start + len(z))
             depth_of[start : start + len(z)] = z
             test_z = torch.where(group.observed, z, torch.tensor(_HIDDEN_DEPTH))
-            key = _depth_keys(test_z[inside], index[inside])
-            keys.scatter_reduce_(0, (py * width + px)[inside], key, reduce="amin")
-        empty = keys == _EMPTY
-        winner = torch.where(empty, torch.zeros_like(keys), keys & 0xFFFFFFFF)
+            index = torch.arange(start, start + len(z))
+            target = (py * width + px)[inside]
+            splats.append((cam, xy, target, _depth_keys(test_z[inside], index[inside])))
+        # Pass 1 splats everything; an object whose surface does not reach a pixel's centre
+        # (its winner maps back outside the object's mask) is then taken out of that pixel,
+        # and pass 2 lets the surface behind show: silhouettes are exact, not rounded.
+        uncovered: list[torch.Tensor | None] = [None] * len(groups)
+        for attempt in range(2):
+            keys = seed_keys.clone()
+            for (_, _, target, key), skip in zip(splats, uncovered, strict=True):
+                if skip is not None:
+                    keep = ~skip[target]
+                    target, key = target[keep], key[keep]
+                keys.scatter_reduce_(0, target, key, reduce="amin")
+            empty = keys == _EMPTY
+            winner = torch.where(empty, torch.zeros_like(keys), keys & 0xFFFFFFFF)
+            sources = []
+            for group, start, (cam, xy, _, _) in zip(groups, starts, splats, strict=True):
+                won = torch.nonzero(~empty & (winner >= start) & (winner < start + len(xy)))[:, 0]
+                pixel_xy = torch.stack([won % width, won // width], dim=-1).float()
+                source = _source_positions(
+                    group, cam, animation.intrinsics[f].float(), xy, winner[won] - start, pixel_xy
+                )
+                sources.append((won, source))
+            if attempt == 1:
+                break
+            for g, (group, (won, source)) in enumerate(zip(groups, sources, strict=True)):
+                if group.instance == 0:
+                    continue
+                outside = ~_in_support(group.support, source)
+                if bool(outside.any()):
+                    uncovered[g] = torch.zeros(num_pixels, dtype=torch.bool)
+                    uncovered[g][won[outside]] = True
+            if all(u is None for u in uncovered):
+                break
         rgb[f] = table_rgb[winner].T
+        for group, (won, source) in zip(groups, sources, strict=True):
+            fallback = table_rgb[winner[won]]
+            rgb[f][:, won] = _supported_colour(group.colours, group.support, source, fallback).T
         distance[f] = depth_of[winner]
         instance[f] = torch.where(empty, 0, table_instance[winner])
         visible[f] = table_observed[winner] & ~empty

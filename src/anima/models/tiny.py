@@ -102,14 +102,18 @@ def tiny_svd_unet(seed: int = 0, block_out_channels: tuple[int, ...] = (32, 64))
         )
 
 
-def tiny_svd_vae(seed: int = 0) -> AutoencoderKLTemporalDecoder:
-    """Four 32-channel levels: 8x down like SVD's VAE, a few thousand parameters a level."""
+def tiny_svd_vae(
+    seed: int = 0, block_out_channels: tuple[int, ...] = (32, 32, 32, 32)
+) -> AutoencoderKLTemporalDecoder:
+    """An `AutoencoderKLTemporalDecoder` with one level per entry of ``block_out_channels``
+    (n levels downsample 2^(n-1)x). The default, four 32-channel levels, is 8x like SVD's VAE;
+    the toy models use three (4x), see `anima.methods.svd_base.train`."""
     with seeded(seed):
         return AutoencoderKLTemporalDecoder(
             in_channels=3,
             out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            block_out_channels=(32, 32, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+            block_out_channels=tuple(block_out_channels),
             layers_per_block=1,
             latent_channels=4,
             sample_size=64,
@@ -141,6 +145,24 @@ def clip_feature_extractor() -> CLIPProcessor:
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
     )
+
+
+def vae_scale_factor(vae: AutoencoderKLTemporalDecoder) -> int:
+    """How many pixels one latent pixel covers (diffusers' ``vae_scale_factor``)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+#: SVD's ControlNet stem channels; the stem has one stride-2 stage fewer than entries.
+STEM_CHANNELS = (16, 32, 96, 256)
+
+
+def stem_channels(scale: int) -> tuple[int, ...]:
+    """ControlNet stem channels that downsample control images by ``scale`` (a power of two,
+    at most 8), SVD's stem truncated: 8 -> (16, 32, 96, 256), 4 -> (16, 32, 96)."""
+    stages = scale.bit_length()
+    if scale < 1 or scale & (scale - 1) or stages > len(STEM_CHANNELS):
+        raise ValueError(f"VAE scale factor must be 1, 2, 4 or 8, got {scale}")
+    return STEM_CHANNELS[:stages]
 
 
 def svd_scheduler() -> EulerDiscreteScheduler:

@@ -15,9 +15,10 @@ from its MotionSpec, and the tests check that it does.
 
 Ground truth per clip (`ToyClip`): frames, distance, instance (0 background, rigid movers 1..N,
 then figures, then occluders), ``dynamic`` (pixels of time-varying texture: water), ``covisible``
-(pixels whose surface point was visible in frame 0: the point is carried back to frame 0 by its
-object's rigid motion (background: not at all), and a ray from the first camera must reach it
-unobstructed and inside the image; figures are never covisible since they are not rigid),
+(pixels whose surface point was observed in frame 0: the point is carried back to frame 0 by its
+object's rigid motion (background: not at all), a ray from the first camera must reach it
+unobstructed and inside the image, and the frame-0 pixel it falls in must show its surface;
+figures are never covisible since they are not rigid),
 point tracks of sample points on every rigid mover (visible = inside the image and the first
 hit along the ray to the point is the point itself), the camera, figure keypoints (COCO-18, a
 keypoint is visible when the first hit on its ray is its own figure, at most 0.12 x height in
@@ -273,6 +274,25 @@ def _reaches(world: _World, k: np.ndarray, p: np.ndarray, surface: np.ndarray, f
     return ok
 
 
+def _observed_in_first_frame(
+    world: _World, k: np.ndarray, p: np.ndarray, surface: np.ndarray, first: np.ndarray, size
+) -> np.ndarray:
+    """Whether the frame-0 image observed the points p (stage, on surfaces ``surface``): camera
+    0 sees them (`_reaches`) and the pixel they fall in shows their surface (``first``: frame
+    0's surface index per pixel). A point seen only between pixel centres (a sub-pixel band
+    along an occlusion or silhouette edge) was not sampled by the image, so no re-render from
+    it can know that point."""
+    seen = _reaches(world, k, p, surface, 0, size)
+    if not seen.any():
+        return seen
+    height, width = size
+    xy, _ = _project(world.camera, k, p[seen], 0)
+    px = np.clip(np.floor(xy[:, 0] + 0.5).astype(np.int64), 0, width - 1)
+    py = np.clip(np.floor(xy[:, 1] + 0.5).astype(np.int64), 0, height - 1)
+    seen[seen] = first[py * width + px] == surface[seen]
+    return seen
+
+
 def _geometry(world: _World, rays: np.ndarray, frames: int):
     """(F, N) distances and surface indices of the pixel rays."""
     ts, ids = [], []
@@ -337,7 +357,9 @@ def make_clip(seed: int, config: WorldConfig | None = None) -> ToyClip:
                 back[hit] = carried
         dynamic[f] = (which[f] == 0) & ground.water_mask(p)
         rigid = ~np.isnan(back[:, 0])
-        covisible[f, rigid] = _reaches(world, k, back[rigid], which[f][rigid], 0, size)
+        covisible[f, rigid] = _observed_in_first_frame(
+            world, k, back[rigid], which[f][rigid], which[0], size
+        )
 
     tracks, visible, track_depth, track_object = _tracks(world, k, size, frames)
     keypoints, kp_visible = _keypoints(world, k, size, frames)

@@ -208,6 +208,12 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
             raise ValueError(
                 f"control maps are {tuple(control.shape[-2:])}, expected {(height, width)}"
             )
+        stem_scale = 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
+        if stem_scale != self.vae_scale_factor:
+            raise ValueError(
+                f"the ControlNet's stem downsamples {stem_scale}x but the VAE "
+                f"{self.vae_scale_factor}x: they were not trained together"
+            )
         device = self._execution_device
         cfg = max_guidance_scale > 1
         self._guidance_scale = max_guidance_scale

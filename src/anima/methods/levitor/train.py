@@ -79,6 +79,7 @@ from anima.methods.levitor.dataset import (
     LevitorDataset,
 )
 from anima.models.svd_controlnet import SVDControlNetModel
+from anima.models.tiny import vae_scale_factor
 from anima.models.unet_residuals import unet_residuals
 from anima.training import (
     CHECKPOINT_PREFIX,
@@ -409,16 +410,26 @@ def load_frozen_models(weights: Weights) -> dict[str, Any]:
 
 
 def initial_controlnet(
-    unet: Any, init: Path | None, allow_pickle: bool, seed: int, variant: str = "full"
+    unet: Any,
+    init: Path | None,
+    allow_pickle: bool,
+    seed: int,
+    variant: str = "full",
+    vae_scale: int = 8,
 ) -> SVDControlNetModel:
     """``init`` (a ControlNet directory, or an accelerate state dir holding ``controlnet/``),
-    else `SVDControlNetModel.from_unet` (stem initialised from ``seed``), recording the control
-    ``variant`` it is trained on. fp32."""
+    else `SVDControlNetModel.from_unet` (stem initialised from ``seed``, downsampling control
+    images by the VAE's ``vae_scale``), recording the control ``variant`` it is trained on.
+    fp32."""
     if init is None:
-        from anima.models.tiny import seeded
+        from anima.models.tiny import seeded, stem_channels
 
         with seeded(seed):
-            return SVDControlNetModel.from_unet(unet, control_variant=variant).float()
+            return SVDControlNetModel.from_unet(
+                unet,
+                conditioning_embedding_out_channels=stem_channels(vae_scale),
+                control_variant=variant,
+            ).float()
     from anima.models.loading import load_svd_controlnet
 
     init = Path(init)
@@ -560,7 +571,12 @@ def train_levitor(
     )
     components = load_frozen_models(weights)
     controlnet = initial_controlnet(
-        components["unet"], config.init, weights.allow_pickle, config.seed, config.variant
+        components["unet"],
+        config.init,
+        weights.allow_pickle,
+        config.seed,
+        config.variant,
+        vae_scale_factor(components["vae"]),
     )
     controlnet.train()
     for name in ("vae", "image_encoder", "unet"):
@@ -618,7 +634,7 @@ def train_levitor(
         persistent_workers=config.num_workers > 0,
     )
     latent_channels = components["vae"].config.latent_channels
-    vae_scale = 2 ** (len(components["vae"].config.block_out_channels) - 1)
+    vae_scale = vae_scale_factor(components["vae"])
 
     quiet = config.quiet or not sys.stderr.isatty() or not accelerator.is_local_main_process
     progress = tqdm(total=config.steps, initial=start, disable=quiet, desc="levitor", unit="step")

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -68,6 +68,7 @@ from anima.methods.levitor.train import (
     epsilon_loss,
     step_generator,
 )
+from anima.models.tiny import vae_scale_factor
 from anima.training import (
     CHECKPOINT_PREFIX,
     CONFIG_FILE,
@@ -118,6 +119,9 @@ class BaseTrainConfig(BaseModel):
     cond_dropout: float = Field(0.1, ge=0, le=1, description="P(zero conditioning) for CFG.")
     p_mean: float = Field(0.7, description="EDM log-normal sigma: mean of ln sigma.")
     p_std: float = Field(1.6, gt=0, description="EDM log-normal sigma: std of ln sigma.")
+    vae_channels: tuple[int, ...] = Field(
+        (32, 32, 32), description="VAE block_out_channels; n levels downsample 2^(n-1)x."
+    )
     unet_channels: tuple[int, ...] = Field((32, 64), description="UNet block_out_channels.")
     checkpoint_every: int = Field(500, ge=1)
     checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep the newest N.")
@@ -133,12 +137,19 @@ class BaseTrainConfig(BaseModel):
             raise ValueError(f"height and width must be positive multiples of 8, got {size}")
         return size
 
-    @field_validator("unet_channels")
+    @field_validator("vae_channels", "unet_channels")
     @classmethod
     def _multiple_of_32(cls, channels: tuple[int, ...]) -> tuple[int, ...]:
         if not channels or any(c <= 0 or c % 32 for c in channels):
-            raise ValueError(f"UNet channels must be positive multiples of 32, got {channels}")
+            raise ValueError(f"channels must be positive multiples of 32, got {channels}")
         return channels
+
+    @model_validator(mode="after")
+    def _size_fits_vae(self) -> BaseTrainConfig:
+        scale = 2 ** (len(self.vae_channels) - 1)
+        if self.size[0] % scale or self.size[1] % scale:
+            raise ValueError(f"size {self.size} is not a multiple of the VAE's {scale}x down")
+        return self
 
 
 @dataclass
@@ -224,10 +235,10 @@ class FramesDataset:
 # ------------------------------------------------------------------------------------------
 
 
-def initial_vae(seed: int) -> Any:
+def initial_vae(seed: int, channels: Sequence[int] = (32, 32, 32)) -> Any:
     from anima.models.tiny import tiny_svd_vae
 
-    return tiny_svd_vae(seed)
+    return tiny_svd_vae(seed, tuple(channels))
 
 
 def initial_unet_and_encoder(seed: int, unet_channels: Sequence[int] = (32, 64)) -> tuple:
@@ -242,10 +253,12 @@ def build_pipeline(vae: Any, image_encoder: Any, unet: Any) -> Any:
     zero ControlNet that is never called in training)."""
     from anima.methods.levitor.pipeline import LeviTorPipeline
     from anima.models.svd_controlnet import SVDControlNetModel
-    from anima.models.tiny import clip_feature_extractor, svd_scheduler
+    from anima.models.tiny import clip_feature_extractor, stem_channels, svd_scheduler
 
     with torch.random.fork_rng(devices=[]):
-        controlnet = SVDControlNetModel.from_unet(unet)
+        controlnet = SVDControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=stem_channels(vae_scale_factor(vae))
+        )
     pipe = LeviTorPipeline(
         vae=vae,
         image_encoder=image_encoder,
@@ -567,13 +580,14 @@ def train_svd_base(
 
     # Stage 1: the VAE.
     if resume_stage == "vae":
-        vae = initial_vae(config.seed).to(device)
+        vae = initial_vae(config.seed, config.vae_channels).to(device)
         start = resume_step if resume_dir is not None else 0
         result.start["vae"] = start
         if config.steps_vae > 0:
             vae_noise = STREAMS["vae"]
             latent_channels = vae.config.latent_channels
-            h, w = config.size[0] // 8, config.size[1] // 8
+            scale = vae_scale_factor(vae)
+            h, w = config.size[0] // scale, config.size[1] // scale
 
             def vae_step(step: int, process: int, models: list[Any]) -> tuple:
                 data = step_generator(config.seed, step, process, vae_noise[0])
@@ -632,7 +646,7 @@ def train_svd_base(
             generator = step_generator(config.seed, step, process, noise_streams[1])
             draws = StepNoise.draw(
                 generator, config.batch_size, config.num_frames, latent_channels, config.size,
-                config.p_mean, config.p_std,
+                config.p_mean, config.p_std, vae_scale_factor(vae),
             )  # fmt: skip
             drop = torch.rand(config.batch_size, generator=generator) < config.cond_dropout
             loss = svd_loss(
