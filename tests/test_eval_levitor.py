@@ -17,7 +17,6 @@ from anima.eval.levitor import (
     VARIANTS,
     eval_clip_seed,
     plan_variants,
-    resolve_eval_weights,
 )
 from anima.weights import Weights
 from anima.world.writer import clip_seed
@@ -99,7 +98,7 @@ def test_variant_plan_from_a_directory(tmp_path) -> None:
     for sub in ("levitor", "levitor-no_depth"):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "config.json").write_text("{}")
-    plan = plan_variants(resolve_eval_weights(str(tmp_path)))
+    plan = plan_variants(Weights.resolve(str(tmp_path)))
     assert list(plan.present) == ["base", "full", "no_depth"]
     assert plan.present["base"] == tmp_path / "levitor"
     assert set(plan.skipped) == {"single_point", "no_instance"}

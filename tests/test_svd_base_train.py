@@ -64,6 +64,8 @@ def make_config(data: Path, out: Path, **overrides) -> BaseTrainConfig:
         lr_warmup_steps=0,
         batch_size=2,
         num_frames=FRAMES,
+        vae_batch_size=2,
+        vae_frames=2,
         size=SIZE,
         scale_samples=4,
         checkpoint_every=2,

@@ -111,9 +111,9 @@ def levitor_command(
         EvalSettings,
         evaluate_toy,
         plan_variants,
-        resolve_eval_weights,
     )
     from anima.io import atomic_path
+    from anima.weights import Weights
 
     if not toy:
         raise InputError("only toy-world evaluation exists so far: pass --toy", "--toy")
@@ -130,7 +130,7 @@ def levitor_command(
     settings.check()
     if json_out is not None and json_out.is_dir():
         raise InputError("is a directory", f"--json {json_out}")
-    plan = plan_variants(resolve_eval_weights(weights))  # fail before any work
+    plan = plan_variants(Weights.resolve(weights))  # fail before any work
     err = Console(stderr=True, quiet=quiet)
     err.print(
         f"note: eval clips use seed {seed} in the evaluation namespace; "

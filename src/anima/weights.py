@@ -12,8 +12,9 @@ sub-directory a component, in diffusers/transformers layout::
 Loading is safetensors-only unless ``--allow-pickle`` is given.
 
 Two names need no files: ``tiny`` (tiny random models of each method's real architecture, a smoke
-test) and ``toy`` (checkpoints trained on the toy world and shipped in the package). Nothing is
-ever downloaded.
+test) and ``toy`` (checkpoints trained on the toy world and shipped in the package: a weights
+directory inside the package, ``anima/assets/toy/``, loaded by the same code as a user's).
+Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -100,6 +101,21 @@ def checkpoint_format(folder: Path, kind: str, allow_pickle: bool) -> dict[str, 
     )
 
 
+def toy_weights_root() -> Path:
+    """``anima/assets/toy/``: the toy-world checkpoints shipped in the package (`SVD` plus the
+    LeviTor ControlNets); an `InputError` naming what is missing when they are absent."""
+    from importlib import resources
+
+    root = Path(str(resources.files("anima") / "assets" / "toy"))
+    if not SVD.present(root):
+        raise InputError(
+            f"the toy weights are not shipped with this install ({SVD.subdir}/"
+            f"{SVD.required_files[0]} not found); pass --weights tiny or a directory",
+            f"in {root}",
+        )
+    return root
+
+
 @dataclass(frozen=True)
 class Weights:
     """The user's weight source: a local directory, a built-in set, or none."""
@@ -107,6 +123,11 @@ class Weights:
     root: Path | None = None
     builtin: str | None = None
     allow_pickle: bool = False
+
+    @classmethod
+    def toy(cls, allow_pickle: bool = False) -> Weights:
+        """The shipped toy checkpoints (``anima/assets/toy/``, a weights directory)."""
+        return cls(root=toy_weights_root(), builtin="toy", allow_pickle=allow_pickle)
 
     @classmethod
     def resolve(cls, value: str | None, allow_pickle: bool = False) -> Weights:
@@ -117,6 +138,8 @@ class Weights:
             where = f"${WEIGHTS_ENV}"
         if value is None:
             return cls(allow_pickle=allow_pickle)
+        if value == "toy":
+            return cls.toy(allow_pickle)
         if value in BUILTIN_WEIGHTS:
             return cls(builtin=value, allow_pickle=allow_pickle)
         root = Path(value).expanduser()

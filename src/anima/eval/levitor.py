@@ -37,7 +37,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -90,26 +89,6 @@ def controlnet_component(variant: str) -> Component:
         required_files=LEVITOR_CONTROLNET.required_files,
         layouts=LEVITOR_CONTROLNET.layouts,
     )
-
-
-def toy_weights_root() -> Path:
-    """The shipped toy weights (``anima/assets/toy/``); an `InputError` naming what is missing
-    when they are not there (yet)."""
-    root = Path(str(resources.files("anima") / "assets" / "toy"))
-    if not SVD.present(root):
-        raise InputError(
-            f"the toy weights are not shipped with this install ({SVD.subdir}/"
-            f"{SVD.required_files[0]} not found); pass --weights tiny or a directory",
-            f"in {root}",
-        )
-    return root
-
-
-def resolve_eval_weights(value: str, allow_pickle: bool = False) -> Weights:
-    """``tiny``, ``toy`` (checked) or a directory."""
-    if value == "toy":
-        return Weights(root=toy_weights_root(), allow_pickle=allow_pickle)
-    return Weights.resolve(value, allow_pickle=allow_pickle)
 
 
 @dataclass
@@ -282,7 +261,7 @@ def evaluate_toy(
     from anima.world.writer import write_clip
 
     settings.check()
-    weights = resolve_eval_weights(settings.weights)
+    weights = Weights.resolve(settings.weights)
     plan = plan_variants(weights)
     device = parse_device(settings.device)
     dtype = parse_dtype(settings.dtype)

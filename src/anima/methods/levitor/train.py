@@ -397,7 +397,7 @@ def load_frozen_models(weights: Weights) -> dict[str, Any]:
         from anima.models.tiny import tiny_svd_components
 
         return tiny_svd_components(seed=0)
-    if weights.builtin is not None:
+    if weights.root is None:
         raise InputError(
             f"LeviTor training needs SVD weights; built-in '{weights.builtin}' has none "
             "(use --weights DIR with svd/, or tiny)",

