@@ -74,7 +74,8 @@ def test_eval_clips_differ_from_training_clips() -> None:
     assert eval_clip_seed(0, 0) != clip_seed(0, 0)
 
 
-def test_toy_weights_missing_is_a_one_line_error(capsys) -> None:
+def test_toy_weights_missing_is_a_one_line_error(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr("anima.weights.packaged_toy_dir", lambda: tmp_path)
     assert run(["eval", "levitor", "--toy", "--n", "1", "--weights", "toy"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "toy weights" in error and "\n" not in error

@@ -101,12 +101,17 @@ def checkpoint_format(folder: Path, kind: str, allow_pickle: bool) -> dict[str, 
     )
 
 
-def toy_weights_root() -> Path:
-    """``anima/assets/toy/``: the toy-world checkpoints shipped in the package (`SVD` plus the
-    LeviTor ControlNets); an `InputError` naming what is missing when they are absent."""
+def packaged_toy_dir() -> Path:
+    """Where the package keeps the toy-world checkpoints: ``anima/assets/toy/``."""
     from importlib import resources
 
-    root = Path(str(resources.files("anima") / "assets" / "toy"))
+    return Path(str(resources.files("anima") / "assets" / "toy"))
+
+
+def toy_weights_root() -> Path:
+    """`packaged_toy_dir` (`SVD` plus the LeviTor ControlNets) after checking it; an
+    `InputError` naming what is missing when the weights are absent."""
+    root = packaged_toy_dir()
     if not SVD.present(root):
         raise InputError(
             f"the toy weights are not shipped with this install ({SVD.subdir}/"
