@@ -312,7 +312,7 @@ def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_pl
                 identity,
                 animation,
                 smooth_surface=True,
-            )  # fmt: skip
+            )
         )
     all_observed = torch.ones(scene.size, dtype=torch.bool)
     for object_id in scene.object_ids:
