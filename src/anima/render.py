@@ -241,18 +241,12 @@ def _point_group(
         chosen = factor == level
         offsets = _sub_offsets(level)
         count = len(offsets)
-        sx, sy = (
-            step_x[chosen].repeat_interleave(count, 0),
-            step_y[chosen].repeat_interleave(count, 0),
-        )
-        ox, oy = (
-            offsets[:, :1].repeat(int(chosen.sum()), 1),
-            offsets[:, 1:].repeat(int(chosen.sum()), 1),
-        )
+        sx, sy = step_x[chosen][:, None], step_y[chosen][:, None]  # (n, 1, 3)
+        ox, oy = offsets[None, :, :1], offsets[None, :, 1:]  # (1, K, 1)
         parts["xy"].append((xy[chosen][:, None, :] + offsets[None]).reshape(-1, 2))
-        parts["world"].append(points[chosen].repeat_interleave(count, 0) + ox * sx + oy * sy)
-        parts["sx"].append(sx)
-        parts["sy"].append(sy)
+        parts["world"].append((points[chosen][:, None] + ox * sx + oy * sy).reshape(-1, 3))
+        parts["sx"].append(sx.expand(-1, count, -1).reshape(-1, 3))
+        parts["sy"].append(sy.expand(-1, count, -1).reshape(-1, 3))
         parts["obs"].append(observed[ys[chosen], xs[chosen]].repeat_interleave(count))
     sub_xy, world = torch.cat(parts["xy"]), torch.cat(parts["world"])
     support = (mask & observed).float()

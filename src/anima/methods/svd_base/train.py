@@ -1,8 +1,9 @@
 """Training a tiny Stable Video Diffusion image-to-video base model from scratch on toy clips.
 
 The architecture is SVD's (diffusers `StableVideoDiffusionPipeline`) at the sizes of
-`anima.models.tiny`: `AutoencoderKLTemporalDecoder` (image encoder + temporal decoder, 8x
-down), `UNetSpatioTemporalConditionModel` and a CLIP vision tower with projection. Two stages:
+`anima.models.tiny`: `AutoencoderKLTemporalDecoder` (image encoder + temporal decoder; 4x
+down with the default three ``vae_channels`` levels), `UNetSpatioTemporalConditionModel` and a
+CLIP vision tower with projection. Two stages:
 
 1. **VAE** (``steps_vae``): the autoencoder alone, on ``vae_batch_size`` clip samples of
    ``vae_frames`` frames a step (many short samples: more distinct scenes per step, which
