@@ -225,6 +225,11 @@ def test_edm_terms_are_the_euler_schedulers() -> None:
     target = (eps - sigma * z0) / torch.sqrt(sigma**2 + 1)
     expected = torch.mean((target - v) ** 2 / (sigma**2 + 1))
     assert torch.allclose(epsilon_loss(x, eps, v, sigma), expected, atol=1e-6)
+    # EDM's lambda(sigma) weighting is the plain v-error, and so the x0-error times lambda
+    assert torch.allclose(epsilon_loss(x, eps, v, sigma, "edm"), torch.mean((target - v) ** 2))
+    x0 = v_prediction_denoised(x, v, sigma)
+    edm = torch.mean((sigma**2 + 1) / sigma**2 * (x0 - z0) ** 2)
+    assert torch.allclose(epsilon_loss(x, eps, v, sigma, "edm"), edm, atol=1e-5)
 
 
 def test_training_conditioning_is_the_inference_pipelines(data_dir: Path) -> None:

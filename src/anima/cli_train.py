@@ -47,6 +47,7 @@ _OPTION_OF = {
     "num_workers": "--num-workers",
     "init": "--init",
     "variant": "--variant",
+    "loss_weighting": "--loss-weighting",
 }
 
 
@@ -92,6 +93,10 @@ def train_levitor_command(
     variant: Annotated[
         str, typer.Option(help="full, or an ablation: single_point, no_depth, no_instance.")
     ] = "full",
+    loss_weighting: Annotated[
+        str,
+        typer.Option(help="Eq. 6 as written (epsilon) or EDM's lambda(sigma) weighting (edm)."),
+    ] = "epsilon",
     log_every: Annotated[int, typer.Option(help="Steps between log.jsonl lines.")] = 10,
     num_workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
     allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
@@ -118,6 +123,7 @@ def train_levitor_command(
             gradient_checkpointing=gradient_checkpointing,
             seed=seed,
             variant=variant,
+            loss_weighting=loss_weighting,
             log_every=log_every,
             num_workers=num_workers,
             init=init,

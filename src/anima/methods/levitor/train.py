@@ -100,6 +100,8 @@ CONTROLNET_DIR = "controlnet"
 DATA_STREAM, NOISE_STREAM = 0, 1
 
 ProgressCallback = Callable[[int, int, float], None]
+#: How Eq. 6's per-sample terms are weighted over sigma (`epsilon_loss`).
+LossWeighting = Literal["epsilon", "edm"]
 
 
 class TrainConfig(BaseModel):
@@ -128,6 +130,9 @@ class TrainConfig(BaseModel):
     noise_aug_strength: float = Field(0.02, ge=0)
     p_mean: float = Field(0.7, description="EDM log-normal sigma: mean of ln sigma.")
     p_std: float = Field(1.6, gt=0, description="EDM log-normal sigma: std of ln sigma.")
+    loss_weighting: LossWeighting = Field(
+        "epsilon", description="Eq. 6 as written ('epsilon') or EDM's lambda(sigma) ('edm')."
+    )
     vae_sample: bool = Field(True, description="Sample the VAE posterior (else its mean).")
     vae_encode_chunk: int = Field(8, ge=1, description="Frames the VAE encodes at a time.")
     points_scale: float = Field(1.0, gt=0)
@@ -270,10 +275,24 @@ def v_prediction_denoised(sample: Tensor, model_output: Tensor, sigma: Tensor) -
     return sample / (sigma**2 + 1.0) - sigma / torch.sqrt(sigma**2 + 1.0) * model_output
 
 
-def epsilon_loss(sample: Tensor, noise: Tensor, model_output: Tensor, sigma: Tensor) -> Tensor:
-    """Eq. 6: ``mean((eps - (x - D) / sigma)^2)`` with D from the v-prediction ``F``."""
+def epsilon_loss(
+    sample: Tensor,
+    noise: Tensor,
+    model_output: Tensor,
+    sigma: Tensor,
+    weighting: LossWeighting = "epsilon",
+) -> Tensor:
+    """Eq. 6: ``mean((eps - (x - D) / sigma)^2)`` with D from the v-prediction ``F``.
+
+    ``weighting="edm"`` multiplies each sample's term by ``sigma^2 + 1``: EDM's
+    ``lambda(sigma) ||D - z0||^2`` (with ``sigma_data = 1``), i.e. weight 1 on the v-error. The
+    plain epsilon loss weights the v-error by ``1 / (sigma^2 + 1)``, so the high noise levels,
+    where the layout and hence the motion is decided, barely teach anything."""
     eps_hat = (sample - v_prediction_denoised(sample, model_output, sigma)) / sigma
-    return torch.mean((noise - eps_hat) ** 2)
+    squared = (noise - eps_hat) ** 2
+    if weighting == "edm":
+        squared = squared * (sigma**2 + 1.0)
+    return torch.mean(squared)
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,6 +364,7 @@ def levitor_loss(
     noise_aug_strength: float = 0.02,
     vae_sample: bool = True,
     vae_encode_chunk: int = 8,
+    loss_weighting: LossWeighting = "epsilon",
 ) -> Tensor:
     """Eq. 6 on one batch with the given random draws (see the module docstring).
 
@@ -383,7 +403,7 @@ def levitor_loss(
             added_time_ids=cond.time_ids,
             return_dict=False,
         )[0]
-    return epsilon_loss(noisy, noise, output.float(), sigma)
+    return epsilon_loss(noisy, noise, output.float(), sigma, loss_weighting)
 
 
 # ------------------------------------------------------------------------------------------
@@ -672,6 +692,7 @@ def train_levitor(
                 noise_aug_strength=config.noise_aug_strength,
                 vae_sample=config.vae_sample,
                 vae_encode_chunk=config.vae_encode_chunk,
+                loss_weighting=config.loss_weighting,
             )
             accelerator.backward(loss / accumulation)
         micro_losses.append(loss.detach())

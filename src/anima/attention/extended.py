@@ -1,0 +1,222 @@
+"""Extended (cross-frame) self-attention: each frame's queries attend to other frames' K/V.
+
+I2V3D §3.2.3 (Eq. 2): ``ExtAttn(q_i; k_1..n, v_1..n) = softmax(q_i k_1..n^T / sqrt(d)) v_1..n``,
+the keys and values of several keyframes concatenated, so that keyframes generated jointly share
+their appearance; AnyI2V lets every frame use frame 0's K/V (a window ``[0]``). Which frames each
+frame sees is a `anima.attention.frames.Window`; frames are grouped per video as described in
+`anima.attention.frames` (CFG halves stay apart).
+
+Masks restrict which keys a query may see (True = visible), on top of the window:
+
+- ``shared``: (H, W) or (F, H, W), which tokens of a frame the OTHER frames may see (a frame
+  always sees all of its own), e.g. I2V3D's "background shares across frames, foreground within
+  its frame" with ``shared = background``; resized to each layer's grid, visible where >= 0.5;
+- ``mask_fn(frame, window_frames, (h, w))``: any boolean mask broadcastable to
+  (h*w queries, len(window_frames) * h*w keys) for the queries of ``frame`` (called once per
+  frame count and grid size; the masks are cached for the manager's lifetime).
+
+With neither, when every frame has the same window, the queries of all frames of a video attend
+in one call to the window's keys, without copying them per frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from anima.attention.frames import MaskCache, Window, frame_count, groups, token_grid, windows
+from anima.attention.layers import SPATIAL_SELF, Patterns, attention_layers, is_temporal
+from anima.attention.processor import AttentionCall, AttentionHook, Hooks
+from anima.attention.store import StepCounter, Steps
+
+#: ``mask_fn(frame, window_frames, (h, w)) -> bool mask (h*w or 1, len(window_frames) * h*w)``.
+MaskFn = Callable[[int, list[int], tuple[int, int]], Tensor]
+
+
+@dataclass
+class _Plan:
+    windows: list[list[int]]
+    index: Tensor  # (F, L) frame of each window slot, padded
+    valid: Tensor  # (F, L) whether the slot is a real frame (windows may differ in length)
+    fixed: list[int] | None  # the window, when every frame has the same one
+
+
+def _plan(window: Window, num_frames: int) -> _Plan:
+    frames = windows(window, num_frames)
+    length = max(len(w) for w in frames)
+    index = torch.tensor([w + [w[0]] * (length - len(w)) for w in frames])
+    valid = torch.tensor([[True] * len(w) + [False] * (length - len(w)) for w in frames])
+    fixed = frames[0] if all(w == frames[0] for w in frames) else None
+    return _Plan(frames, index, valid, fixed)
+
+
+def check_spatial_self(layers: dict[str, nn.Module]) -> None:
+    """Frame-wise hooks need spatial self-attention (batch = videos x frames)."""
+    wrong = [name for name, attn in layers.items() if is_temporal(name) or attn.is_cross_attention]
+    if wrong:
+        raise ValueError(
+            f"{wrong} are temporal or cross-attention layers; frame-wise attention hooks "
+            "work on spatial self-attention (e.g. layers=SPATIAL_SELF or exclude=TEMPORAL)"
+        )
+
+
+class _ExtendedHook(AttentionHook):
+    may_edit = True
+    attends = True
+
+    def __init__(self, owner: ExtendedAttention) -> None:
+        self.owner = owner
+
+    def edits(self, call: AttentionCall) -> bool:
+        return self.owner.active()
+
+    def attend(
+        self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None
+    ) -> Tensor | None:
+        if not self.owner.active():
+            return None
+        if mask is not None:
+            raise ValueError(f"{call.layer}: extended attention takes no attention_mask")
+        return self.owner.attend(call, query, key, value)
+
+
+class ExtendedAttention(Hooks):
+    """Cross-frame self-attention on the selected layers (see `extended_attention`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Patterns = SPATIAL_SELF,
+        *,
+        window: Window = "all",
+        num_frames: int | None = None,
+        shared: Tensor | None = None,
+        mask_fn: MaskFn | None = None,
+        exclude: Patterns | None = None,
+        steps: Steps = None,
+        counter: StepCounter | None = None,
+    ) -> None:
+        super().__init__(model, counter, steps)
+        self.layers = layers
+        self.exclude = exclude
+        self.window = window
+        self.num_frames = num_frames
+        self.shared = None if shared is None else MaskCache(shared)
+        self.mask_fn = mask_fn
+        self._plans: dict[int, _Plan] = {}
+        self._masks: dict[tuple[int, int, tuple[int, int] | None], Tensor | None] = {}
+
+    def _install(self) -> None:
+        layers = attention_layers(self.model, self.layers, self.exclude)
+        if not layers:
+            raise ValueError(f"no attention layer matches {self.layers!r}")
+        check_spatial_self(layers)
+        self._watch_inputs()
+        for name, attn in layers.items():
+            self._attach(name, attn, _ExtendedHook(self))
+
+    def plan(self, num_frames: int) -> _Plan:
+        if num_frames not in self._plans:
+            self._plans[num_frames] = _plan(self.window, num_frames)
+        return self._plans[num_frames]
+
+    def attend(self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """Attention of each frame's queries over its window's keys/values."""
+        batch, heads, tokens, dim = key.shape
+        num_frames = frame_count(self.num_frames, self.watcher)
+        videos = groups(batch, num_frames)
+        plan = self.plan(num_frames)
+        mask = self._key_mask(plan, num_frames, tokens, call.size)
+
+        def per_video(x: Tensor) -> Tensor:  # (B, heads, N, d) -> (videos, frames, heads, N, d)
+            return x.reshape(videos, num_frames, heads, x.shape[2], dim)
+
+        if plan.fixed is not None and mask is None:
+            # one window for all frames: every frame's queries attend at once per video
+            q = per_video(query).transpose(1, 2).reshape(videos, heads, -1, dim)
+            k = per_video(key)[:, plan.fixed].transpose(1, 2).reshape(videos, heads, -1, dim)
+            v = per_video(value)[:, plan.fixed].transpose(1, 2).reshape(videos, heads, -1, dim)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+            out = out.reshape(videos, heads, num_frames, -1, dim).transpose(1, 2)
+            return out.reshape(batch, heads, -1, dim)
+        index = plan.index.to(key.device)
+        k = per_video(key)[:, index].transpose(2, 3).reshape(batch, heads, -1, dim)
+        v = per_video(value)[:, index].transpose(2, 3).reshape(batch, heads, -1, dim)
+        if mask is not None:
+            mask = mask.to(key.device)[None].expand(videos, -1, -1, -1)
+            mask = mask.reshape(batch, 1, mask.shape[-2], mask.shape[-1])
+        return F.scaled_dot_product_attention(
+            query, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False
+        )
+
+    def _key_mask(
+        self, plan: _Plan, num_frames: int, tokens: int, size: tuple[int, int] | None
+    ) -> Tensor | None:
+        """(F, queries or 1, L * tokens) bool: which keys each frame's queries may see."""
+        cache_key = (num_frames, tokens, size)
+        if cache_key not in self._masks:
+            self._masks[cache_key] = self._build_mask(plan, num_frames, tokens, size)
+        return self._masks[cache_key]
+
+    def _build_mask(
+        self, plan: _Plan, num_frames: int, tokens: int, size: tuple[int, int] | None
+    ) -> Tensor | None:
+        if self.shared is None and self.mask_fn is None and bool(plan.valid.all()):
+            return None
+        length = plan.index.shape[1]
+        visible = plan.valid[:, :, None].expand(num_frames, length, tokens)
+        grid = size
+        if grid is None and (self.shared is not None or self.mask_fn is not None):
+            hint = self.watcher.size if self.watcher is not None else None
+            aspect = self.shared.aspect if self.shared is not None else None
+            grid = token_grid(tokens, hint, aspect)
+        if self.shared is not None:
+            masks = self.shared.at(grid, torch.empty(0)) >= 0.5
+            masks = masks.reshape(masks.shape[0], tokens)
+            which = self.shared.for_frames(plan.index, num_frames)
+            own = plan.index == torch.arange(num_frames)[:, None]
+            visible = visible & (own[..., None] | masks[which])
+        visible = visible.reshape(num_frames, 1, length * tokens)
+        if self.mask_fn is not None:
+            rows = []
+            for frame, frames in enumerate(plan.windows):
+                extra = torch.as_tensor(self.mask_fn(frame, list(frames), grid), dtype=torch.bool)
+                extra = extra.reshape(-1, len(frames) * tokens)
+                rows.append(F.pad(extra, (0, (length - len(frames)) * tokens), value=False))
+            queries = max(row.shape[0] for row in rows)
+            extra = torch.stack([row.expand(queries, -1) for row in rows])
+            visible = visible & extra
+        return visible
+
+
+def extended_attention(
+    model: nn.Module,
+    layers: Patterns = SPATIAL_SELF,
+    *,
+    window: Window = "all",
+    num_frames: int | None = None,
+    shared: Tensor | None = None,
+    mask_fn: MaskFn | None = None,
+    exclude: Patterns | None = None,
+    steps: Steps = None,
+    counter: StepCounter | None = None,
+) -> ExtendedAttention:
+    """Within the block, the spatial self-attention layers matched by ``layers`` (less
+    ``exclude``) let each frame attend to the K/V of its ``window`` of frames (``"all"``, a
+    sliding size, fixed indices or a function), restricted by ``shared`` / ``mask_fn``, on the
+    ``steps`` given. ``num_frames`` as in `anima.attention.frames`. Use as a context manager."""
+    return ExtendedAttention(
+        model,
+        layers,
+        window=window,
+        num_frames=num_frames,
+        shared=shared,
+        mask_fn=mask_fn,
+        exclude=exclude,
+        steps=steps,
+        counter=counter,
+    )

@@ -1,0 +1,306 @@
+"""Replacing features with captured ones: self-attention Q/K and resnet outputs.
+
+The sampling half of feature injection: I2V3D §3.2.2 injects the inversion's self-attention
+``q``/``k`` and resnet features into keyframe generation (masked where the render is invalid,
+foreground and background on different step ranges: two ``inject`` managers composed) and
+§3.3 does the same in SVD; AnyI2V replaces frame 0's query and resnet features (after a
+patch-wise AdaIN, a ``transform``) on the first steps.
+
+Which batch entries receive which source features is explicit:
+
+- ``cfg`` says how the layer's batch is split by classifier-free guidance. ``"none"``: the
+  batch is taken as one block, and the source must have been captured with the same layout
+  (CFG halves included, if any). ``"both"``, ``"cond"``, ``"uncond"``: the batch is
+  ``[uncond; cond]`` (diffusers' order) and the source, captured without CFG, fills both
+  halves, only the conditional one, or only the unconditional one.
+- Within each part, ``frames`` (indices within each video, see `anima.attention.frames`)
+  selects the frames that receive features (all by default). The source's batch is either the
+  whole part (same layout: the selected frames are taken from it), one entry per selected frame
+  per video, or one entry per selected frame shared by every video (e.g. AnyI2V's single
+  inverted image going to frame 0 of each video: ``frames=[0]``, a source of batch 1).
+- ``mask`` (H, W) or (F, H, W), bool or in [0, 1] at any resolution, blends per frame:
+  ``mask * source + (1 - mask) * current`` (area-resized to each layer's grid; a zero mask
+  leaves the features exactly unchanged).
+
+Features come from ``store`` at ``source_step(counter.step)`` (the same step by default; an
+``int`` for features captured at one step only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeAlias
+
+import torch
+from torch import Tensor, nn
+
+from anima.attention.capture import check_kinds
+from anima.attention.frames import MaskCache, frame_index, groups, token_grid
+from anima.attention.layers import Patterns, attention_layers, is_temporal, resnet_layers
+from anima.attention.processor import AttentionCall, AttentionHook, Hooks
+from anima.attention.store import RESNET_KIND, FeatureStore, StepCounter, Steps
+
+CFG: TypeAlias = Literal["none", "both", "cond", "uncond"]
+#: ``transform(source, current) -> replacement`` on the rows that receive features.
+Transform: TypeAlias = Callable[[Tensor, Tensor], Tensor]
+
+
+class _InjectAttention(AttentionHook):
+    may_edit = True
+
+    def __init__(self, owner: Inject, layer: str, temporal: bool) -> None:
+        self.owner = owner
+        self.layer = layer
+        self.temporal = temporal
+        self.qkv_kinds = [kind for kind in "qkv" if kind in owner.kinds]
+
+    def edits(self, call: AttentionCall) -> bool:
+        return bool(self.qkv_kinds) and self.owner.active()
+
+    def qkv(
+        self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if not self.owner.active():
+            return query, key, value
+        features = {"q": query, "k": key, "v": value}
+        for kind in self.qkv_kinds:
+            features[kind] = self.owner.place(
+                self.layer, kind, features[kind], call.size, self.temporal
+            )
+        return features["q"], features["k"], features["v"]
+
+    def output(self, call: AttentionCall, hidden_states: Tensor) -> Tensor:
+        if "out" in self.owner.kinds and self.owner.active():
+            return self.owner.place(self.layer, "out", hidden_states, call.size, self.temporal)
+        return hidden_states
+
+
+class Inject(Hooks):
+    """Replaces features with ``store``'s on the ``steps`` given (see `inject`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        store: FeatureStore,
+        layers: Patterns | None = None,
+        kinds: Sequence[str] = ("q", "k"),
+        resnets: Patterns | None = None,
+        *,
+        exclude: Patterns | None = None,
+        steps: Steps = None,
+        counter: StepCounter | None = None,
+        source_step: int | Callable[[int], int] | None = None,
+        num_frames: int | None = None,
+        frames: Sequence[int] | None = None,
+        cfg: CFG = "none",
+        mask: Tensor | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        super().__init__(model, counter, steps)
+        if cfg not in ("none", "both", "cond", "uncond"):
+            raise ValueError(f"cfg must be none, both, cond or uncond, got {cfg!r}")
+        if frames is not None and not frames:
+            raise ValueError("frames must name at least one frame (or be None for all)")
+        self.store = store
+        self.layers = layers
+        self.kinds = check_kinds(kinds)
+        self.resnets = resnets
+        self.exclude = exclude
+        self.source_step = source_step
+        self.num_frames = num_frames
+        self.frames = None if frames is None else list(frames)
+        self.cfg = cfg
+        self.mask = None if mask is None else MaskCache(mask)
+        self.transform = transform
+        self._rows: dict[tuple[int, int, int | None], tuple[Tensor, Tensor, Tensor, bool]] = {}
+
+    def _install(self) -> None:
+        attention = (
+            {} if self.layers is None else attention_layers(self.model, self.layers, self.exclude)
+        )
+        blocks = (
+            {} if self.resnets is None else resnet_layers(self.model, self.resnets, self.exclude)
+        )
+        if not attention and not blocks:
+            raise ValueError(
+                f"inject selects no layers (layers={self.layers!r}, "
+                f"resnets={self.resnets!r}, exclude={self.exclude!r})"
+            )
+        per_frame = self.frames is not None or self.mask is not None
+        temporal = [name for name in attention if is_temporal(name)]
+        if per_frame and temporal:
+            raise ValueError(f"frames/mask need spatial layers; exclude the temporal {temporal}")
+        self._watch_inputs()
+        for name, attn in attention.items():
+            self._attach(name, attn, _InjectAttention(self, name, is_temporal(name)))
+        for name, block in blocks.items():
+            self._forward_hook(block, self._resnet_hook(name))
+
+    def _resnet_hook(self, layer: str) -> Callable[..., Tensor | None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+            if not self.active():
+                return None
+            return self.place(layer, RESNET_KIND, output, None, False)
+
+        return hook
+
+    def _source_step(self) -> int:
+        step = self.counter.step
+        if self.source_step is None:
+            return step
+        if callable(self.source_step):
+            return self.source_step(step)
+        return self.source_step
+
+    def _frame_count(self, temporal: bool) -> int | None:
+        """Frames per video of a spatial layer, when known (needed for frames or masks)."""
+        if temporal:
+            return None
+        if self.num_frames is not None:
+            return self.num_frames
+        frames = self.watcher.frames if self.watcher is not None else None
+        per_frame_mask = self.mask is not None and self.mask.frames > 1
+        if frames is None and (self.frames is not None or per_frame_mask):
+            raise ValueError("inject with frames or per-frame masks needs num_frames")
+        return frames
+
+    def _parts(self, batch: int) -> list[tuple[int, int]]:
+        if self.cfg == "none":
+            return [(0, batch)]
+        if batch % 2:
+            raise ValueError(f"cfg={self.cfg!r} needs an even batch, got {batch}")
+        half = batch // 2
+        return {"both": [(0, half), (half, half)], "uncond": [(0, half)], "cond": [(half, half)]}[
+            self.cfg
+        ]
+
+    def rows(
+        self, batch: int, source_batch: int, num_frames: int | None
+    ) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """(target rows, source rows, frame of each row, whether it is the identity)."""
+        key = (batch, source_batch, num_frames)
+        if key in self._rows:
+            return self._rows[key]
+        target: list[int] = []
+        source: list[int] = []
+        frame: list[int] = []
+        for start, size in self._parts(batch):
+            if num_frames is None:
+                if source_batch != size:
+                    raise ValueError(f"source batch {source_batch} != layer batch part {size}")
+                target += range(start, start + size)
+                source += range(size)
+                frame += [0] * size
+                continue
+            videos = groups(size, num_frames)
+            chosen = [frame_index(f, num_frames) for f in (self.frames or range(num_frames))]
+            target += [start + v * num_frames + f for v in range(videos) for f in chosen]
+            frame += chosen * videos
+            if source_batch == size:
+                source += [v * num_frames + f for v in range(videos) for f in chosen]
+            elif source_batch == videos * len(chosen):
+                source += range(videos * len(chosen))
+            elif source_batch == len(chosen):
+                source += list(range(len(chosen))) * videos
+            else:
+                raise ValueError(
+                    f"source batch {source_batch} fits neither the layer's {size} entries, nor "
+                    f"{len(chosen)} frames x {videos} videos, nor {len(chosen)} frames"
+                )
+        identity = target == source == list(range(batch))
+        out = (torch.tensor(target), torch.tensor(source), torch.tensor(frame), identity)
+        self._rows[key] = out
+        return out
+
+    def place(
+        self,
+        layer: str,
+        kind: str,
+        current: Tensor,
+        size: tuple[int, int] | None,
+        temporal: bool,
+    ) -> Tensor:
+        """``current`` with the source features put in (see the module docstring)."""
+        source = self.store.at(self._source_step(), layer, kind)
+        source = source.to(device=current.device, dtype=current.dtype)
+        num_frames = self._frame_count(temporal)
+        target_rows, source_rows, frames, identity = self.rows(
+            current.shape[0], source.shape[0], num_frames
+        )
+        if identity and self.mask is None and self.transform is None:
+            if source.shape != current.shape:
+                raise ValueError(
+                    f"{layer} {kind}: source {tuple(source.shape)} != {tuple(current.shape)}"
+                )
+            return source
+        device = current.device
+        target_rows, source_rows = target_rows.to(device), source_rows.to(device)
+        now = current.index_select(0, target_rows)
+        new = source.index_select(0, source_rows)
+        if new.shape != now.shape:
+            raise ValueError(
+                f"{layer} {kind}: source {tuple(new.shape[1:])} != {tuple(now.shape[1:])}"
+            )
+        if self.transform is not None:
+            new = self.transform(new, now)
+        if self.mask is not None:
+            new = torch.lerp(now, new, self._mask_rows(now, frames, size, num_frames))
+        return current.index_copy(0, target_rows, new)
+
+    def _mask_rows(
+        self, rows: Tensor, frames: Tensor, size: tuple[int, int] | None, num_frames: int | None
+    ) -> Tensor:
+        """Each row's mask, shaped to broadcast against ``rows``."""
+        assert self.mask is not None
+        if rows.ndim == 4:
+            grid = (rows.shape[-2], rows.shape[-1])
+        elif rows.ndim == 3:
+            hint = self.watcher.size if self.watcher is not None else None
+            grid = size or token_grid(rows.shape[1], hint, self.mask.aspect)
+        else:
+            raise ValueError(f"cannot mask features of shape {tuple(rows.shape)}")
+        masks = self.mask.at(grid, rows)
+        which = self.mask.for_frames(frames, num_frames).to(rows.device)
+        chosen = masks.index_select(0, which)
+        if rows.ndim == 4:
+            return chosen[:, None]
+        return chosen.reshape(rows.shape[0], -1, 1)
+
+
+def inject(
+    model: nn.Module,
+    store: FeatureStore,
+    layers: Patterns | None = None,
+    kinds: Sequence[str] = ("q", "k"),
+    resnets: Patterns | None = None,
+    *,
+    exclude: Patterns | None = None,
+    steps: Steps = None,
+    counter: StepCounter | None = None,
+    source_step: int | Callable[[int], int] | None = None,
+    num_frames: int | None = None,
+    frames: Sequence[int] | None = None,
+    cfg: CFG = "none",
+    mask: Tensor | None = None,
+    transform: Transform | None = None,
+) -> Inject:
+    """Replace ``kinds`` (of ``q``, ``k``, ``v``, ``out``) of the attention layers matched by
+    ``layers`` and the outputs of the resnets matched by ``resnets`` with ``store``'s, on the
+    ``steps`` given; ``cfg``, ``frames``, ``num_frames``, ``mask``, ``transform`` and
+    ``source_step`` as in this module's docstring. Use as a context manager."""
+    return Inject(
+        model,
+        store,
+        layers,
+        kinds,
+        resnets,
+        exclude=exclude,
+        steps=steps,
+        counter=counter,
+        source_step=source_step,
+        num_frames=num_frames,
+        frames=frames,
+        cfg=cfg,
+        mask=mask,
+        transform=transform,
+    )

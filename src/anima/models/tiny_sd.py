@@ -1,0 +1,164 @@
+"""Tiny random SD1.5-family models built offline from config: the X-Dyna stack (paper 004).
+
+Same classes as the full-size release: `UNet2DConditionModel` turned into a `UNetMotionModel`
+by a `MotionAdapter` (AnimateDiff), `AutoencoderKL` (8x like SD's), `CLIPTextModel` with a
+`CLIPTokenizer`, `ControlNetModel`s made from the UNet, `DDIMScheduler`. The tokenizer's
+vocabulary is CLIP's byte-level alphabet without merges (every byte is a token), written to a
+folder at build time, so text runs through the real tokenizer code with no download.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    MotionAdapter,
+    UNet2DConditionModel,
+    UNetMotionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from anima.models.tiny import seeded
+
+#: X-Dyna's sampler (REFERENCE.md): DDIM with linear betas 0.00085-0.012.
+XDYNA_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+TINY_CROSS_ATTENTION_DIM = 32
+TINY_BLOCK_CHANNELS = (32, 64)
+
+
+def tiny_sd_unet(seed: int = 0, block_out_channels: tuple[int, ...] = TINY_BLOCK_CHANNELS):
+    """A two-level SD-style `UNet2DConditionModel` (cross-attention down, plain down)."""
+    levels = len(block_out_channels)
+    with seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+            block_out_channels=block_out_channels,
+            layers_per_block=1,
+            cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+
+
+def tiny_motion_adapter(
+    seed: int = 0, block_out_channels: tuple[int, ...] = TINY_BLOCK_CHANNELS
+) -> MotionAdapter:
+    """AnimateDiff motion modules for `tiny_sd_unet` (one temporal transformer a layer,
+    positional encoding up to 32 frames, no mid-block module as in AnimateDiff v1)."""
+    with seeded(seed):
+        return MotionAdapter(
+            block_out_channels=block_out_channels,
+            motion_layers_per_block=1,
+            motion_num_attention_heads=2,
+            motion_norm_num_groups=32,
+            motion_max_seq_length=32,
+            use_motion_mid_block=False,
+        )
+
+
+def tiny_motion_unet(seed: int = 0) -> UNetMotionModel:
+    """`tiny_sd_unet` with `tiny_motion_adapter`'s temporal layers."""
+    unet = UNetMotionModel.from_unet2d(tiny_sd_unet(seed), tiny_motion_adapter(seed + 1))
+    return unet
+
+
+def tiny_sd_vae(seed: int = 0) -> AutoencoderKL:
+    with seeded(seed):
+        return AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            sample_size=64,
+        )
+
+
+def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
+    with seeded(seed):
+        config = CLIPTextConfig(
+            vocab_size=600,
+            hidden_size=TINY_CROSS_ATTENTION_DIM,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+        )
+        return CLIPTextModel(config)
+
+
+def _byte_alphabet() -> list[str]:
+    """CLIP's printable stand-ins for the 256 byte values (GPT-2's byte-to-unicode table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    extra = 0
+    alphabet = {}
+    for byte in range(256):
+        if byte in printable:
+            alphabet[byte] = chr(byte)
+        else:
+            alphabet[byte] = chr(256 + extra)
+            extra += 1
+    return [alphabet[b] for b in range(256)]
+
+
+def tiny_tokenizer(folder: Path | None = None) -> CLIPTokenizer:
+    """A `CLIPTokenizer` over the byte alphabet (bytes and end-of-word bytes, no merges)."""
+    folder = Path(folder or tempfile.mkdtemp(prefix="anima-tokenizer-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = _byte_alphabet()
+    vocab = {token: i for i, token in enumerate(tokens + [t + "</w>" for t in tokens])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
+    )
+
+
+def tiny_controlnet_2d(
+    unet: UNet2DConditionModel, conditioning_channels: int = 3, seed: int = 0
+) -> ControlNetModel:
+    """A `ControlNetModel` made from ``unet`` (encoder copied, zero convs zero) with a small
+    8x conditioning stem reading ``conditioning_channels`` channels."""
+    with seeded(seed):
+        return ControlNetModel.from_unet(
+            unet,
+            conditioning_embedding_out_channels=(8, 16, 32, 32),
+            conditioning_channels=conditioning_channels,
+        )
+
+
+def xdyna_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**XDYNA_SCHEDULER_CONFIG)
+
+
+def randomise_zero_convs(controlnet: ControlNetModel, std: float = 0.02, seed: int = 0) -> None:
+    """Give a ControlNet's zero convs small random weights (a smoke test's output then depends
+    on the condition as a trained model's would)."""
+    with seeded(seed), torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.normal_(std=std)
+        controlnet.controlnet_cond_embedding.conv_out.weight.normal_(std=std)
