@@ -1,0 +1,101 @@
+"""X-Dyna's Dynamics-Adapter (paper 004, §3.2, Eq. 1-3) as a diffusers model.
+
+In every spatial self-attention of the UNet a trainable query projection ``W'_Q`` (initialised
+from the layer's ``to_q``) reads each frame's hidden states and attends to the keys and values
+the FROZEN ``to_k``/``to_v`` make of the reference frame's hidden states; a trainable,
+zero-initialised output projection ``W'_O`` adds the result to the layer's own attention
+output. The reference image is a clean frame 0 of the same UNet pass (`XDynaPipeline`), so the
+adapter is a pure attention hook (`anima.attention.reference_kv`) and the UNet stays stock.
+
+The adapter also acts on the reference frame itself, as the authors' release does (its branch
+runs for all frames, frame 0 included); with ``W'_O = 0`` it changes nothing at all.
+
+Saved with ``save_pretrained`` (safetensors); parameters are named
+``weights.layers.<layer, '.' as '-'>.{to_q,to_out}.*``. The release names them
+``<layer>.to_q_ff.weight`` and ``<layer>.to_out_ff.{weight,bias}`` inside its UNet checkpoint
+(`anima.methods.xdyna.convert` maps one to the other).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from anima.attention import (
+    SPATIAL_SELF,
+    TEMPORAL,
+    ReferenceAttentionWeights,
+    ReferenceWeights,
+    attention_layers,
+    reference_kv,
+)
+
+#: The frame of each video (in the UNet pass) that holds the reference image.
+REFERENCE_FRAME = 0
+
+
+class DynamicsAdapter(ModelMixin, ConfigMixin):
+    """The trainable query copies and zero-initialised output projections of every spatial
+    self-attention layer (``layers``, named as in ``unet.attn_processors``)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        layers: list[str],
+        query_dims: list[int],
+        inner_dims: list[int],
+        out_dims: list[int],
+        query_bias: bool = False,
+        out_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if not len(layers) == len(query_dims) == len(inner_dims) == len(out_dims):
+            raise ValueError("layers, query_dims, inner_dims and out_dims differ in length")
+        self.weights = ReferenceWeights(
+            {
+                name: ReferenceAttentionWeights(q, inner, out, query_bias, out_bias)
+                for name, q, inner, out in zip(
+                    layers, query_dims, inner_dims, out_dims, strict=True
+                )
+            }
+        )
+
+    @classmethod
+    def from_unet(cls, unet: nn.Module) -> DynamicsAdapter:
+        """An adapter for ``unet``'s spatial self-attentions (the motion modules' temporal
+        attentions excluded): query copies of each ``to_q``, output projections zero (§3.2)."""
+        selected = attention_layers(unet, SPATIAL_SELF, exclude=TEMPORAL)
+        if not selected:
+            raise ValueError("the UNet has no spatial self-attention layers")
+        first = next(iter(selected.values()))
+        adapter = cls(
+            layers=list(selected),
+            query_dims=[a.to_q.in_features for a in selected.values()],
+            inner_dims=[a.to_q.out_features for a in selected.values()],
+            out_dims=[a.to_out[0].out_features for a in selected.values()],
+            query_bias=first.to_q.bias is not None,
+            out_bias=first.to_out[0].bias is not None,
+        )
+        fresh = ReferenceWeights(
+            {n: ReferenceAttentionWeights.from_attention(a) for n, a in selected.items()}
+        )
+        adapter.weights.load_state_dict(fresh.state_dict())
+        device, dtype = first.to_q.weight.device, first.to_q.weight.dtype
+        if adapter.dtype != dtype or adapter.device != device:  # diffusers warns on any cast
+            adapter.to(device=device, dtype=dtype)
+        return adapter
+
+    def attach(self, unet: nn.Module, num_frames: int | None = None) -> AbstractContextManager:
+        """Context manager that runs the adapter inside ``unet``'s forward passes; the reference
+        is frame `REFERENCE_FRAME` of each video (``num_frames`` frames, read from the UNet's
+        input when None)."""
+        return reference_kv(
+            unet,
+            weights=self.weights,
+            reference=REFERENCE_FRAME,
+            num_frames=num_frames,
+            apply_to_reference=True,
+        )

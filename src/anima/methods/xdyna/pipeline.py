@@ -1,0 +1,331 @@
+"""`XDynaPipeline`: a human image driven by pose and face conditions (X-Dyna, paper 004).
+
+Components (REFERENCE.md, "X-Dyna"): a frozen SD1.5 UNet with AnimateDiff motion modules
+(`UNetMotionModel`), the `DynamicsAdapter` (§3.2), a pose `ControlNetModel` (3-channel
+skeleton without head) and an optional S-Face `ControlNetModel` (6 channels: eye and mouth
+patches + face crop, §3.3) whose residuals are summed, a `DDIMScheduler` with linear betas
+0.00085-0.012, SD's VAE, CLIP text encoder and tokenizer.
+
+One UNet pass holds, for each video, the clean reference latent as frame 0 followed by the
+generated frames of a window (`anima.methods.xdyna.reference_frame`): the adapter reads the
+reference's keys and values, the motion modules skip it, the ControlNets give it zero
+residuals, and it receives the same timestep as the other frames (as the release does) but is
+never noised or stepped.
+
+Sampling (§4.1 and the release's defaults): DDIM, 25 steps, eta 0, CFG 7.5 (the unconditional
+branch differs by the negative prompt only: both keep the reference and the ControlNet images,
+as in the release). Videos of any length are sampled in sliding windows of 16 frames with
+overlap 4 whose noise predictions are averaged (`anima.sampling.windows`); the release instead
+wraps its windows around the clip and shifts them by a random offset every step, which makes
+its sampling depend on Python's unseeded ``random``. The initial latents are the reference
+latent repeated over frames, each element replaced by a Gaussian-blurred copy (9x9 kernel,
+sigma 18 latent pixels, as in the release) with probability 0.5, then noised to the first
+timestep with ``scheduler.add_noise``: about 5 % of the reference's low frequencies survive at
+t = 961, which anchors colours and layout.
+
+Known difference from the release: its resnets' GroupNorm pools statistics over all frames of a
+pass (reference included); diffusers' `UNetMotionModel`, used here, normalises frame by frame.
+IP-Adapter image tokens are not wired in yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    DiffusionPipeline,
+    UNetMotionModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+from torch.nn import functional as F
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from anima.methods.xdyna.adapter import DynamicsAdapter
+from anima.methods.xdyna.reference_frame import (
+    skip_reference_in_motion_modules,
+    with_reference_residuals,
+)
+from anima.sampling.windows import sliding_windows, windowed_prediction
+
+#: The release's latent blur for the initial latents (torchvision GaussianBlur(9, sigma=18)).
+BLUR_KERNEL, BLUR_SIGMA, BLUR_PROBABILITY = 9, 18.0, 0.5
+
+StepCallback = Callable[[int, int], None]
+
+
+def gaussian_blur(latents: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
+    """Separable Gaussian blur of (N, C, h, w) with reflect padding (torchvision's); the
+    kernel shrinks to fit latents smaller than it."""
+    half = min(kernel // 2, latents.shape[-1] - 1, latents.shape[-2] - 1)
+    kernel = 2 * half + 1
+    x = torch.arange(kernel, dtype=torch.float64) - half
+    weights = torch.exp(-(x**2) / (2 * sigma**2))
+    weights = (weights / weights.sum()).to(latents.dtype).to(latents.device)
+    channels = latents.shape[1]
+    padded = F.pad(latents, (half, half, half, half), mode="reflect")
+    rows = weights.reshape(1, 1, 1, kernel).repeat(channels, 1, 1, 1)
+    cols = weights.reshape(1, 1, kernel, 1).repeat(channels, 1, 1, 1)
+    return F.conv2d(F.conv2d(padded, rows, groups=channels), cols, groups=channels)
+
+
+class XDynaPipeline(DiffusionPipeline):
+    """Reference image + pose (and face) conditions -> video. See the module docstring."""
+
+    model_cpu_offload_seq = "text_encoder->pose_controlnet->face_controlnet->unet->vae"
+    _optional_components = ["face_controlnet"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNetMotionModel,
+        adapter: DynamicsAdapter,
+        pose_controlnet: ControlNetModel,
+        scheduler: DDIMScheduler,
+        face_controlnet: ControlNetModel | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            adapter=adapter,
+            pose_controlnet=pose_controlnet,
+            scheduler=scheduler,
+            face_controlnet=face_controlnet,
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    # -- conditioning ------------------------------------------------------------------------
+
+    def encode_prompt(self, prompts: list[str]) -> Tensor:
+        """CLIP text embeddings (len(prompts), 77, D) of the last hidden layer (SD1.5's)."""
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        device = self._execution_device
+        return self.text_encoder(ids.to(device))[0].to(self.unet.dtype)
+
+    def encode_reference(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(1, 4, h, w) latent of a (3, H, W) image in [0, 1]: a posterior sample times the
+        VAE scaling factor (the release samples)."""
+        pixels = image[None].to(self._execution_device, self.vae.dtype) * 2.0 - 1.0
+        dist = self.vae.encode(pixels).latent_dist
+        return dist.sample(generator) * self.vae.config.scaling_factor
+
+    def initial_latents(
+        self, reference: Tensor, num_frames: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """(1, 4, F, h, w): the reference repeated, each element blurred with probability 0.5,
+        noised to the first timestep (see the module docstring)."""
+        shape = (1, reference.shape[1], num_frames, *reference.shape[-2:])
+        clean = reference[:, :, None].expand(shape)
+        blurred = gaussian_blur(reference)[:, :, None].expand(shape)
+        keep = torch.rand(shape, generator=generator, device=reference.device) >= BLUR_PROBABILITY
+        mixed = torch.where(keep, clean, blurred)
+        noise = randn_tensor(shape, generator=generator, device=reference.device, dtype=mixed.dtype)
+        first = self.scheduler.timesteps[:1]
+        return self.scheduler.add_noise(mixed, noise, first)
+
+    def control_residuals(
+        self,
+        latents: Tensor,
+        t: Tensor,
+        text: Tensor,
+        pose: Tensor,
+        face: Tensor | None,
+        pose_scale: float,
+        face_scale: float,
+    ) -> tuple[list[Tensor], Tensor]:
+        """Summed pose (+ face) ControlNet residuals of the generated frames, with zero
+        residuals for each reference frame in front (§3.3: residuals summed).
+
+        Args:
+            latents: (B, C, F, h, w) noisy latents of the window.
+            text: (B, 77, D) text embeddings of the B branches.
+            pose: (F, 3, H, W) and ``face`` (F, 6, H, W) conditions in [0, 1].
+        """
+        batch, _, frames = latents.shape[:3]
+        sample = latents.permute(0, 2, 1, 3, 4).flatten(0, 1)
+        hidden = text.repeat_interleave(frames, dim=0)
+        down, mid = self.pose_controlnet(
+            sample,
+            t,
+            encoder_hidden_states=hidden,
+            controlnet_cond=pose.repeat(batch, 1, 1, 1).to(sample.dtype),
+            conditioning_scale=pose_scale,
+            return_dict=False,
+        )
+        if face is not None and self.face_controlnet is not None:
+            face_down, face_mid = self.face_controlnet(
+                sample,
+                t,
+                encoder_hidden_states=hidden,
+                controlnet_cond=face.repeat(batch, 1, 1, 1).to(sample.dtype),
+                conditioning_scale=face_scale,
+                return_dict=False,
+            )
+            down = [d + f for d, f in zip(down, face_down, strict=True)]
+            mid = mid + face_mid
+        down = with_reference_residuals(down, batch, frames)
+        (mid,) = with_reference_residuals([mid], batch, frames)
+        return down, mid
+
+    def predict_noise(
+        self,
+        latents: Tensor,
+        reference: Tensor,
+        t: Tensor,
+        text: Tensor,
+        pose: Tensor,
+        face: Tensor | None,
+        pose_scale: float = 1.0,
+        face_scale: float = 1.0,
+    ) -> Tensor:
+        """Noise prediction (B, C, F, h, w) of one window: the UNet on [reference, frames].
+
+        ``latents`` (B, C, F, h, w) and ``text`` (B, 77, D) hold the B branches (CFG halves);
+        ``reference`` is (1, C, h, w). Must run inside `adapter_context`."""
+        batch, _, frames = latents.shape[:3]
+        down, mid = self.control_residuals(latents, t, text, pose, face, pose_scale, face_scale)
+        ref = reference[:, :, None].expand(batch, -1, 1, -1, -1).to(latents.dtype)
+        sample = torch.cat([ref, latents], dim=2)
+        hidden = text.repeat_interleave(frames + 1, dim=0)
+        noise = self.unet(
+            sample,
+            t,
+            encoder_hidden_states=hidden,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
+        return noise[:, :, 1:]
+
+    def window_noise(
+        self,
+        frames: range,
+        latents: Tensor,
+        reference: Tensor,
+        t: Tensor,
+        text: Tensor,
+        pose: Tensor,
+        face: Tensor | None,
+        pose_scale: float,
+        face_scale: float,
+    ) -> Tensor:
+        """`predict_noise` on the ``frames`` of the whole video's (1, C, F, h, w) latents and
+        conditions, for every branch of ``text``."""
+        window = slice(frames.start, frames.stop)
+        branches = latents[:, :, window].expand(text.shape[0], -1, -1, -1, -1)
+        face_window = None if face is None else face[window]
+        return self.predict_noise(
+            branches, reference, t, text, pose[window], face_window, pose_scale, face_scale
+        )
+
+    def adapter_context(self) -> Any:
+        """The reference-frame machinery around UNet calls: the adapter's attention and the
+        motion modules skipping frame 0."""
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        stack.enter_context(self.adapter.attach(self.unet))
+        stack.enter_context(skip_reference_in_motion_modules(self.unet))
+        return stack
+
+    def decode(self, latents: Tensor, chunk: int = 8) -> Tensor:
+        """(1, C, F, h, w) latents -> (F, 3, H, W) frames in [0, 1], ``chunk`` at a time."""
+        flat = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
+        frames = [
+            self.vae.decode(flat[i : i + chunk].to(self.vae.dtype)).sample
+            for i in range(0, flat.shape[0], chunk)
+        ]
+        return ((torch.cat(frames).float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Tensor,
+        pose_images: Tensor,
+        face_images: Tensor | None = None,
+        prompt: str = "",
+        negative_prompt: str = "",
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        window: int = 16,
+        overlap: int = 4,
+        pose_scale: float = 1.0,
+        face_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        decode_chunk_size: int = 8,
+        on_step: StepCallback | None = None,
+    ) -> Tensor:
+        """Animate ``image`` (3, H, W) in [0, 1] with ``pose_images`` (F, 3, H, W) and
+        optional ``face_images`` (F, 6, H, W), both in [0, 1] at the image's size (H and W
+        multiples of 8). Returns the F generated frames (F, 3, H, W) in [0, 1]."""
+        height, width = image.shape[-2:]
+        num_frames = pose_images.shape[0]
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}")
+        if tuple(pose_images.shape[1:]) != (3, height, width):
+            raise ValueError(f"pose images must be (F, 3, {height}, {width})")
+        if face_images is not None and tuple(face_images.shape) != (num_frames, 6, height, width):
+            raise ValueError(f"face images must be ({num_frames}, 6, {height}, {width})")
+        device = self._execution_device
+        cfg = guidance_scale > 1.0
+        text = self.encode_prompt([negative_prompt, prompt] if cfg else [prompt])
+        pose = pose_images.to(device)
+        face = None if face_images is None else face_images.to(device)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        reference = self.encode_reference(image, generator).to(self.unet.dtype)
+        latents = self.initial_latents(reference, num_frames, generator)
+        windows = sliding_windows(num_frames, window, overlap)
+        timesteps = self.scheduler.timesteps
+
+        with self.adapter_context(), self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                predict = functools.partial(
+                    self.window_noise,
+                    latents=latents,
+                    reference=reference,
+                    t=t,
+                    text=text,
+                    pose=pose,
+                    face=face,
+                    pose_scale=pose_scale,
+                    face_scale=face_scale,
+                )
+                noise = windowed_prediction(predict, windows, num_frames, frame_dim=2)
+                if cfg:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
+                progress.update()
+                if on_step is not None:
+                    on_step(i + 1, len(timesteps))
+        frames = self.decode(latents, decode_chunk_size)
+        self.maybe_free_model_hooks()
+        return frames
+
+
+def scaled_size(size: tuple[int, int], max_side: int, multiple: int = 8) -> tuple[int, int]:
+    """``size`` scaled so its longer side is at most ``max_side``, rounded down to multiples
+    of ``multiple`` (at least one multiple)."""
+    scale = min(1.0, max_side / max(size))
+    return tuple(max(multiple, int(math.floor(s * scale / multiple)) * multiple) for s in size)
