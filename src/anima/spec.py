@@ -189,6 +189,34 @@ Camera = Annotated[
 ]
 
 
+class PoseDrive(_Strict):
+    """A driving pose (and face) sequence for human animation (X-Dyna, ``--method xdyna``).
+
+    The driving body and face come from OpenPose keypoints (``keypoints``) or are found in a
+    driving ``video`` with mediapipe (the ``pose`` extra); the S-Face condition crops the
+    driving video's frames, so it needs ``video``. With ``align`` the driving skeleton is mapped
+    onto the person in the image (scale and offset from the first frames), whose keypoints come
+    from ``reference_keypoints`` or are found in the image with mediapipe."""
+
+    video: str | None = Field(default=None, description="Driving video path.")
+    keypoints: str | None = Field(
+        default=None, description="Driving keypoints: OpenPose JSON file or folder."
+    )
+    reference_keypoints: str | None = Field(
+        default=None, description="OpenPose JSON of the person in the image (for alignment)."
+    )
+    align: bool = Field(default=True, description="Align the driving skeleton to the person.")
+    face: bool = Field(default=True, description="Use the face condition when available.")
+    start: int = Field(default=0, ge=0, description="First driving frame used.")
+    stride: int = Field(default=1, ge=1, le=100, description="Use every n-th driving frame.")
+
+    @model_validator(mode="after")
+    def _has_source(self) -> PoseDrive:
+        if self.video is None and self.keypoints is None:
+            raise ValueError("needs 'video' or 'keypoints'")
+        return self
+
+
 class MotionSpec(_Strict):
     """The animation of one image (JSON document, version 1)."""
 
@@ -219,6 +247,9 @@ class MotionSpec(_Strict):
     )
     objects: list[SceneObject] = Field(default_factory=list)
     camera: Camera | None = Field(default=None, description="Camera motion; none = static.")
+    pose: PoseDrive | None = Field(
+        default=None, description="Driving pose sequence (human animation: xdyna)."
+    )
     method: str | None = Field(default=None, description="Method name; default from weights.")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Method options, validated by the method."

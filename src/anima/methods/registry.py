@@ -10,7 +10,11 @@ from anima.methods.base import Method
 from anima.weights import Weights
 
 # name -> module that defines (and registers) it
-_BUILTIN = {"coarse": "anima.methods.coarse", "levitor": "anima.methods.levitor"}
+_BUILTIN = {
+    "coarse": "anima.methods.coarse",
+    "levitor": "anima.methods.levitor",
+    "xdyna": "anima.methods.xdyna.method",
+}
 _REGISTRY: dict[str, type[Method]] = {}
 
 DEFAULT_METHOD = "coarse"

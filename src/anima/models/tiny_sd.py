@@ -22,6 +22,7 @@ from diffusers import (
     UNet2DConditionModel,
     UNetMotionModel,
 )
+from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from anima.models.tiny import seeded
@@ -40,6 +41,8 @@ XDYNA_SCHEDULER_CONFIG = {
 
 TINY_CROSS_ATTENTION_DIM = 32
 TINY_BLOCK_CHANNELS = (32, 64)
+#: 256 bytes, 256 end-of-word bytes, start and end of text (`tiny_tokenizer`).
+TINY_VOCAB_SIZE = 514
 
 
 def tiny_sd_unet(seed: int = 0, block_out_channels: tuple[int, ...] = TINY_BLOCK_CHANNELS):
@@ -76,10 +79,20 @@ def tiny_motion_adapter(
         )
 
 
+def motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
+    """``UNetMotionModel.from_unet2d`` without its warning about the dtype cast it makes to
+    the UNet's own dtype (a no-op for us)."""
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return UNetMotionModel.from_unet2d(unet, adapter)
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
 def tiny_motion_unet(seed: int = 0) -> UNetMotionModel:
     """`tiny_sd_unet` with `tiny_motion_adapter`'s temporal layers."""
-    unet = UNetMotionModel.from_unet2d(tiny_sd_unet(seed), tiny_motion_adapter(seed + 1))
-    return unet
+    return motion_unet(tiny_sd_unet(seed), tiny_motion_adapter(seed + 1))
 
 
 def tiny_sd_vae(seed: int = 0) -> AutoencoderKL:
@@ -99,12 +112,15 @@ def tiny_sd_vae(seed: int = 0) -> AutoencoderKL:
 def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
     with seeded(seed):
         config = CLIPTextConfig(
-            vocab_size=600,
+            vocab_size=TINY_VOCAB_SIZE,
             hidden_size=TINY_CROSS_ATTENTION_DIM,
             intermediate_size=37,
             num_hidden_layers=2,
             num_attention_heads=4,
             max_position_embeddings=77,
+            bos_token_id=TINY_VOCAB_SIZE - 2,  # the tokenizer's <|startoftext|>
+            eos_token_id=TINY_VOCAB_SIZE - 1,  # and <|endoftext|> (also its padding)
+            pad_token_id=TINY_VOCAB_SIZE - 1,
         )
         return CLIPTextModel(config)
 

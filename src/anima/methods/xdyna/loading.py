@@ -1,0 +1,108 @@
+"""The `XDynaPipeline` components: from a weights directory, or tiny random ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    MotionAdapter,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from anima.errors import InputError
+from anima.methods.xdyna.adapter import DynamicsAdapter
+from anima.models.loading import load_model
+from anima.models.tiny_sd import (
+    motion_unet,
+    randomise_zero_convs,
+    tiny_controlnet_2d,
+    tiny_motion_unet,
+    tiny_sd_unet,
+    tiny_sd_vae,
+    tiny_text_encoder,
+    tiny_tokenizer,
+    xdyna_scheduler,
+)
+from anima.weights import Weights
+
+
+def tiny_xdyna_components(seed: int = 0) -> dict[str, Any]:
+    """Tiny random components; the adapter's output projections and the ControlNets' zero
+    convs get small random values so that the video depends on reference, pose and face."""
+    unet = tiny_motion_unet(seed)
+    spatial = tiny_sd_unet(seed)
+    pose = tiny_controlnet_2d(spatial, 3, seed + 1)
+    face = tiny_controlnet_2d(spatial, 6, seed + 2)
+    randomise_zero_convs(pose, std=0.3, seed=seed + 3)
+    randomise_zero_convs(face, std=0.3, seed=seed + 4)
+    adapter = DynamicsAdapter.from_unet(unet)
+    generator = torch.Generator().manual_seed(seed + 5)
+    with torch.no_grad():
+        for name in adapter.weights:
+            weight = adapter.weights[name].to_out.weight
+            weight.copy_(0.02 * torch.randn(weight.shape, generator=generator))
+    return {
+        "vae": tiny_sd_vae(seed),
+        "text_encoder": tiny_text_encoder(seed),
+        "tokenizer": tiny_tokenizer(),
+        "unet": unet,
+        "adapter": adapter,
+        "pose_controlnet": pose,
+        "scheduler": xdyna_scheduler(),
+        "face_controlnet": face,
+    }
+
+
+def load_xdyna_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
+    """Components from ``DIR/sd15``, ``DIR/motion-adapter`` and ``DIR/xdyna/*``."""
+    from anima.methods.xdyna.method import (
+        MOTION_ADAPTER,
+        SD15,
+        XDYNA_ADAPTER,
+        XDYNA_FACE,
+        XDYNA_POSE,
+    )
+
+    pickle = weights.allow_pickle
+    sd = weights.require(SD15, "xdyna")
+    tokenizer_dir = sd / "tokenizer"
+    if not any((tokenizer_dir / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+        raise InputError("SD1.5 tokenizer: vocab.json not found", f"in {tokenizer_dir}")
+    unet2d = load_model(UNet2DConditionModel, sd / "unet", "SD1.5 UNet", pickle, dtype)
+    motion = load_model(
+        MotionAdapter, weights.require(MOTION_ADAPTER, "xdyna"), "motion adapter", pickle, dtype
+    )
+    unet = motion_unet(unet2d, motion)
+    if unet.dtype != dtype:
+        unet.to(dtype=dtype)
+    adapter = load_model(
+        DynamicsAdapter, weights.require(XDYNA_ADAPTER, "xdyna"), "Dynamics-Adapter", pickle, dtype
+    )
+    processors = unet.attn_processors
+    missing = [name for name in adapter.config.layers if f"{name}.processor" not in processors]
+    if missing:
+        raise InputError(
+            f"Dynamics-Adapter layers not in the UNet: {missing[0]}", str(weights.root / "xdyna")
+        )
+    face_dir = weights.component_dir(XDYNA_FACE)
+    return {
+        "vae": load_model(AutoencoderKL, sd / "vae", "SD1.5 VAE", pickle, dtype),
+        "text_encoder": load_model(
+            CLIPTextModel, sd / "text_encoder", "SD1.5 text encoder", pickle, dtype
+        ),
+        "tokenizer": CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True),
+        "unet": unet,
+        "adapter": adapter,
+        "pose_controlnet": load_model(
+            ControlNetModel, weights.require(XDYNA_POSE, "xdyna"), "pose ControlNet", pickle, dtype
+        ),
+        # The release's DDIM (linear betas), not the PNDM config SD1.5 ships.
+        "scheduler": xdyna_scheduler(),
+        "face_controlnet": None
+        if face_dir is None
+        else load_model(ControlNetModel, face_dir, "S-Face ControlNet", pickle, dtype),
+    }
