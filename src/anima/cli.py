@@ -41,6 +41,10 @@ spec_app = typer.Typer(
 weights_app = typer.Typer(
     help="What each method needs and what is present.", invoke_without_command=True
 )
+convert_app = typer.Typer(
+    help="Convert released checkpoints to our safetensors layout.", no_args_is_help=True
+)
+weights_app.add_typer(convert_app, name="convert")
 app.add_typer(spec_app, name="spec")
 app.add_typer(weights_app, name="weights")
 app.add_typer(train_app, name="train")
@@ -291,8 +295,8 @@ def weights_list(ctx: typer.Context, weights: WeightsOption = None) -> None:
         print(f"  {name:<27} {state:<24} {cls.summary}")
 
 
-@weights_app.command("convert")
-def weights_convert(
+@convert_app.command("levitor")
+def weights_convert_levitor(
     source: Annotated[Path, typer.Argument(help="Checkpoint dir (or a release with controlnet/).")],
     output: Annotated[Path, typer.Argument(help="Where to write the converted ControlNet.")],
     allow_pickle: Annotated[bool, typer.Option(help="Allow reading pickle weights.")] = False,
@@ -303,6 +307,34 @@ def weights_convert(
 
     convert_controlnet(source, output, allow_pickle=allow_pickle)
     print(f"wrote {output} (config.json + diffusion_pytorch_model.safetensors)")
+
+
+@convert_app.command("xdyna")
+def weights_convert_xdyna(
+    sd15: Annotated[
+        Path, typer.Option("--sd15", help="SD1.5 in diffusers layout (its unet/config.json).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Weights directory to write into.")],
+    unet: Annotated[
+        Path | None, typer.Option(help="Release UNet checkpoint (unet-checkpoint-epoch-5.ckpt).")
+    ] = None,
+    controlnet: Annotated[
+        Path | None, typer.Option(help="Release pose ControlNet checkpoint.")
+    ] = None,
+    face_controlnet: Annotated[
+        Path | None, typer.Option(help="Release S-Face ControlNet checkpoint.")
+    ] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow reading pickle weights.")] = False,
+) -> None:
+    """Convert X-Dyna's release checkpoints (UNet, pose and face ControlNets).
+
+    Writes OUT/motion-adapter, OUT/xdyna/adapter, OUT/xdyna/pose_controlnet and
+    OUT/xdyna/face_controlnet (safetensors), after checking every key and shape."""
+    from anima.methods.xdyna.convert import convert_xdyna
+
+    report = convert_xdyna(sd15, out, unet, controlnet, face_controlnet, allow_pickle)
+    for line in report.lines():
+        print(line)
 
 
 @weights_app.command("check")

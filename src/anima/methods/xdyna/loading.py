@@ -57,15 +57,10 @@ def tiny_xdyna_components(seed: int = 0) -> dict[str, Any]:
     }
 
 
-def load_xdyna_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
-    """Components from ``DIR/sd15``, ``DIR/motion-adapter`` and ``DIR/xdyna/*``."""
-    from anima.methods.xdyna.method import (
-        MOTION_ADAPTER,
-        SD15,
-        XDYNA_ADAPTER,
-        XDYNA_FACE,
-        XDYNA_POSE,
-    )
+def load_sd_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
+    """The frozen parts: SD1.5 (``DIR/sd15``) with the motion modules (``DIR/motion-adapter``)
+    as a `UNetMotionModel`, and the release's DDIM scheduler."""
+    from anima.methods.xdyna.method import MOTION_ADAPTER, SD15
 
     pickle = weights.allow_pickle
     sd = weights.require(SD15, "xdyna")
@@ -79,16 +74,6 @@ def load_xdyna_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any
     unet = motion_unet(unet2d, motion)
     if unet.dtype != dtype:
         unet.to(dtype=dtype)
-    adapter = load_model(
-        DynamicsAdapter, weights.require(XDYNA_ADAPTER, "xdyna"), "Dynamics-Adapter", pickle, dtype
-    )
-    processors = unet.attn_processors
-    missing = [name for name in adapter.config.layers if f"{name}.processor" not in processors]
-    if missing:
-        raise InputError(
-            f"Dynamics-Adapter layers not in the UNet: {missing[0]}", str(weights.root / "xdyna")
-        )
-    face_dir = weights.component_dir(XDYNA_FACE)
     return {
         "vae": load_model(AutoencoderKL, sd / "vae", "SD1.5 VAE", pickle, dtype),
         "text_encoder": load_model(
@@ -96,13 +81,45 @@ def load_xdyna_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any
         ),
         "tokenizer": CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True),
         "unet": unet,
-        "adapter": adapter,
-        "pose_controlnet": load_model(
-            ControlNetModel, weights.require(XDYNA_POSE, "xdyna"), "pose ControlNet", pickle, dtype
-        ),
         # The release's DDIM (linear betas), not the PNDM config SD1.5 ships.
         "scheduler": xdyna_scheduler(),
-        "face_controlnet": None
-        if face_dir is None
-        else load_model(ControlNetModel, face_dir, "S-Face ControlNet", pickle, dtype),
     }
+
+
+def load_xdyna_parts(weights: Weights, dtype: torch.dtype, required: bool = True) -> dict[str, Any]:
+    """The X-Dyna parts from ``DIR/xdyna/*``: adapter, pose and face ControlNets. Absent parts
+    are errors when ``required`` (the face ControlNet is always optional), else None."""
+    from anima.methods.xdyna.method import XDYNA_ADAPTER, XDYNA_FACE, XDYNA_POSE
+
+    parts: dict[str, Any] = {}
+    specs = (
+        ("adapter", XDYNA_ADAPTER, DynamicsAdapter),
+        ("pose_controlnet", XDYNA_POSE, ControlNetModel),
+        ("face_controlnet", XDYNA_FACE, ControlNetModel),
+    )
+    for key, component, cls in specs:
+        folder = weights.component_dir(component)
+        if folder is None and required and not component.optional:
+            folder = weights.require(component, "xdyna")
+        parts[key] = (
+            None
+            if folder is None
+            else load_model(cls, folder, component.name, weights.allow_pickle, dtype)
+        )
+    return parts
+
+
+def check_adapter_layers(adapter: DynamicsAdapter, unet: Any, where: str) -> None:
+    """Every layer the adapter names must be an attention layer of the UNet."""
+    processors = unet.attn_processors
+    missing = [name for name in adapter.config.layers if f"{name}.processor" not in processors]
+    if missing:
+        raise InputError(f"Dynamics-Adapter layer not in the UNet: {missing[0]}", where)
+
+
+def load_xdyna_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
+    """Every `XDynaPipeline` component from a weights directory (module docstring of
+    `anima.methods.xdyna.method`)."""
+    components = load_sd_components(weights, dtype) | load_xdyna_parts(weights, dtype)
+    check_adapter_layers(components["adapter"], components["unet"], f"in {weights.root}/xdyna")
+    return components

@@ -156,17 +156,29 @@ class XDynaPipeline(DiffusionPipeline):
 
         Args:
             latents: (B, C, F, h, w) noisy latents of the window.
+            t: the timestep, one for all or (B,) one a video.
             text: (B, 77, D) text embeddings of the B branches.
-            pose: (F, 3, H, W) and ``face`` (F, 6, H, W) conditions in [0, 1].
+            pose: (F, 3, H, W) conditions shared by the B videos, or (B, F, 3, H, W); ``face``
+                likewise with 6 channels; in [0, 1].
         """
         batch, _, frames = latents.shape[:3]
         sample = latents.permute(0, 2, 1, 3, 4).flatten(0, 1)
         hidden = text.repeat_interleave(frames, dim=0)
+        t = t.repeat_interleave(frames) if t.dim() == 1 and t.numel() == batch else t
+
+        def per_frame(condition: Tensor) -> Tensor:
+            flat = (
+                condition.flatten(0, 1)
+                if condition.dim() == 5
+                else condition.repeat(batch, 1, 1, 1)
+            )
+            return flat.to(sample.device, sample.dtype)
+
         down, mid = self.pose_controlnet(
             sample,
             t,
             encoder_hidden_states=hidden,
-            controlnet_cond=pose.repeat(batch, 1, 1, 1).to(sample.dtype),
+            controlnet_cond=per_frame(pose),
             conditioning_scale=pose_scale,
             return_dict=False,
         )
@@ -175,7 +187,7 @@ class XDynaPipeline(DiffusionPipeline):
                 sample,
                 t,
                 encoder_hidden_states=hidden,
-                controlnet_cond=face.repeat(batch, 1, 1, 1).to(sample.dtype),
+                controlnet_cond=per_frame(face),
                 conditioning_scale=face_scale,
                 return_dict=False,
             )
@@ -198,8 +210,9 @@ class XDynaPipeline(DiffusionPipeline):
     ) -> Tensor:
         """Noise prediction (B, C, F, h, w) of one window: the UNet on [reference, frames].
 
-        ``latents`` (B, C, F, h, w) and ``text`` (B, 77, D) hold the B branches (CFG halves);
-        ``reference`` is (1, C, h, w). Must run inside `adapter_context`."""
+        ``latents`` (B, C, F, h, w) and ``text`` (B, 77, D) hold the B branches (CFG halves)
+        or videos (training); ``reference`` is (1, C, h, w) shared or (B, C, h, w); ``t`` one
+        timestep or (B,). Must run inside `adapter_context`."""
         batch, _, frames = latents.shape[:3]
         down, mid = self.control_residuals(latents, t, text, pose, face, pose_scale, face_scale)
         ref = reference[:, :, None].expand(batch, -1, 1, -1, -1).to(latents.dtype)

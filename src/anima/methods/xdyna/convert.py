@@ -1,0 +1,413 @@
+"""``anima weights convert xdyna``: the X-Dyna release checkpoints into our weights layout.
+
+The release ships three pickles (``torch.load``; read only with ``--allow-pickle``)::
+
+    unet-checkpoint-epoch-5.ckpt             AnimateDiff UNet3D: motion modules, the
+                                             Dynamics-Adapter, IP-Adapter keys, maybe SD's own
+    controlnet-checkpoint-epoch-5.ckpt       pose ControlNetModel (3 conditioning channels)
+    controlnet-face-checkpoint-epoch-2.ckpt  S-Face ControlNetModel (6 conditioning channels)
+
+each a state dict (under ``state_dict`` if there is one; a ``module.`` prefix is dropped). The
+UNet checkpoint is split by name:
+
+- ``<layer>.to_q_ff.weight``, ``<layer>.to_out_ff.{weight,bias}`` (``<layer>`` a spatial
+  self-attention ``...attn1``) -> ``DIR/xdyna/adapter`` (`DynamicsAdapter`,
+  ``weights.layers.<layer, '.' as '-'>.{to_q,to_out}.*``);
+- ``{down,up}_blocks.i.motion_modules.j.temporal_transformer.*`` -> ``DIR/motion-adapter``
+  (diffusers `MotionAdapter`: ``temporal_transformer.`` dropped, ``attention_blocks.{0,1}`` ->
+  ``attn{1,2}``, ``norms.{0,1}`` -> ``norm{1,2}``, ``ff_norm`` -> ``norm3``). AnimateDiff gives
+  each of the two temporal attentions its own ``pos_encoder.pe`` buffer; diffusers adds ONE
+  ``pos_embed.pe`` a transformer block before both attentions. Both are the same deterministic
+  sinusoid, so the release's buffers are checked against the one diffusers computes (max length
+  `MOTION_MAX_SEQ_LENGTH`, within `PE_TOLERANCE`) and diffusers' is written;
+- ``...attn2.to_{k,v}_ip.*`` (IP-Adapter) are not supported yet: skipped and counted;
+- every other key must be a key of SD1.5's `UNet2DConditionModel` (built from
+  ``--sd15``'s ``unet/config.json``) with its shape; these are counted, not written (the UNet is
+  the frozen SD1.5 one). A checkpoint of trained parameters only, without them, is accepted.
+
+The ControlNets are `ControlNetModel.from_unet` of that UNet (3 or 6 conditioning channels), key
+for key. Every input is checked (unknown key, missing key, shape) before anything is written;
+each output folder is then written atomically (``config.json`` + safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import ControlNetModel, MotionAdapter, UNet2DConditionModel
+from diffusers.models.modeling_utils import ModelMixin
+from safetensors.torch import load_file
+
+from anima.errors import InputError
+from anima.io import atomic_dir
+from anima.methods.xdyna.adapter import DynamicsAdapter
+
+#: The release's motion modules: AnimateDiff v1 (8 heads, positions up to 24 frames).
+MOTION_NUM_ATTENTION_HEADS = 8
+MOTION_MAX_SEQ_LENGTH = 24
+#: Largest difference allowed between a release ``pos_encoder.pe`` and diffusers' sinusoid.
+PE_TOLERANCE = 1e-4
+
+#: Output folders under ``DIR`` (`anima.methods.xdyna.method`'s components).
+MOTION_DIR = "motion-adapter"
+ADAPTER_DIR = "xdyna/adapter"
+POSE_DIR = "xdyna/pose_controlnet"
+FACE_DIR = "xdyna/face_controlnet"
+
+_ADAPTER_KEY = re.compile(r"(?P<layer>.+\.attn1)\.(?P<proj>to_q_ff|to_out_ff)\.(?P<param>\w+)")
+_IP_KEY = re.compile(r".+\.attn2\.to_[kv]_ip\.\w+")
+_MOTION_KEY = re.compile(r"(?P<kind>down|up)_blocks\.(?P<block>\d+)\.motion_modules\.(?P<j>\d+)\.")
+_MOTION_RENAMES = (
+    (re.compile(r"\.attention_blocks\.(\d+)\."), "attn"),
+    (re.compile(r"\.norms\.(\d+)\."), "norm"),
+)
+_MOTION_ORIGINAL = (
+    ("attn1", "attention_blocks.0"),
+    ("attn2", "attention_blocks.1"),
+    ("norm1", "norms.0"),
+    ("norm2", "norms.1"),
+    ("norm3", "ff_norm"),
+)
+_ADAPTER_OURS = re.compile(r"weights\.layers\.(?P<layer>[^.]+)\.(?P<proj>to_q|to_out)\.(?P<param>\w+)")
+_POS_ENCODER = re.compile(r"(?P<block>.+\.transformer_blocks\.\d+)\.attn[12]\.pos_encoder\.pe")
+
+
+@dataclass
+class ConversionReport:
+    """What `convert_xdyna` wrote and what it found in the checkpoints."""
+
+    written: list[Path] = field(default_factory=list)
+    adapter_keys: int = 0  # Dynamics-Adapter tensors written
+    motion_keys: int = 0  # motion-module tensors written (position encodings not counted)
+    position_encodings: int = 0  # release pos_encoder.pe buffers checked against diffusers'
+    spatial_keys: int = 0  # SD UNet keys found in the UNet checkpoint (checked, not written)
+    ip_keys: int = 0  # IP-Adapter keys skipped
+    controlnet_keys: dict[str, int] = field(default_factory=dict)  # folder -> tensors written
+
+    def lines(self) -> list[str]:
+        out = [f"wrote {path}" for path in self.written]
+        if self.adapter_keys or self.motion_keys:
+            out.append(
+                f"UNet checkpoint: {self.adapter_keys} Dynamics-Adapter and {self.motion_keys} "
+                f"motion-module tensors ({self.position_encodings} position encodings checked), "
+                f"{self.spatial_keys} SD1.5 UNet keys checked and not written, "
+                f"{self.ip_keys} IP-Adapter keys skipped (not supported yet)"
+            )
+        out += [f"{name}: {count} tensors" for name, count in self.controlnet_keys.items()]
+        return out
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_checkpoint(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file (``state_dict`` entry if any, ``module.`` dropped)."""
+    if not path.is_file():
+        raise InputError("checkpoint not found", str(path))
+    safetensors = path.suffix == ".safetensors"
+    if not safetensors and not allow_pickle:
+        raise InputError(
+            f"{path.name} is a pickle file; pass --allow-pickle to convert it", f"in {path.parent}"
+        )
+    try:
+        if safetensors:
+            state: Any = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling raises many types; all mean "not readable"
+        lines = str(err).strip().splitlines()
+        raise InputError(
+            f"cannot read {path.name}: {lines[0] if lines else type(err).__name__}", str(path)
+        ) from err
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise InputError(f"{path.name} holds no state dict", str(path))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key.removeprefix("module.") if isinstance(key, str) else key
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise InputError(f"{key!r} is not a tensor entry of a state dict", str(path))
+        if name in out:
+            raise InputError(f"{name} appears with and without the module. prefix", str(path))
+        out[name] = value
+    return out
+
+
+def sd_unet_config(sd15: Path) -> dict[str, Any]:
+    """The SD1.5 UNet config from ``sd15/unet/config.json``."""
+    path = sd15 / "unet" / "config.json"
+    if not path.is_file():
+        raise InputError("SD1.5 UNet: config.json not found", f"in {path.parent}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"SD1.5 UNet: cannot read config.json ({err})", str(path)) from err
+    name = config.get("_class_name", UNet2DConditionModel.__name__)
+    if name != UNet2DConditionModel.__name__:
+        raise InputError(f"SD1.5 UNet: config.json describes a {name}", str(path))
+    return config
+
+
+def _empty_sd_unet(config: dict[str, Any], where: str) -> UNet2DConditionModel:
+    try:
+        with init_empty_weights():
+            return UNet2DConditionModel.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"SD1.5 UNet: config.json is not valid ({err})", where) from err
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def check_state(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    what: str,
+    where: str,
+    release_name: Callable[[str], str] = str,
+    complete: bool = True,
+) -> None:
+    """Keys of ``state`` all in ``expected`` (and all of ``expected`` there when ``complete``),
+    with its shapes; errors name the key as the release does (``release_name``)."""
+    unexpected = sorted(release_name(key) for key in set(state) - set(expected))
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise InputError(f"{what}: unknown key {unexpected[0]}{more}", where)
+    missing = sorted(set(expected) - set(state)) if complete else []
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{what}: missing key {release_name(missing[0])}{more}", where)
+    for key in sorted(state):
+        got, want = tuple(state[key].shape), tuple(expected[key].shape)
+        if got != want:
+            raise InputError(
+                f"{what}: {release_name(key)} has shape {got}, expected {want}", where
+            )
+
+
+def _motion_name(key: str) -> str:
+    """Our (diffusers) name of a motion-module key without ``temporal_transformer.``."""
+    for pattern, prefix in _MOTION_RENAMES:
+        key = pattern.sub(lambda m, p=prefix: f".{p}{int(m.group(1)) + 1}.", key)
+    return key.replace(".ff_norm.", ".norm3.")
+
+
+def release_motion_name(key: str) -> str:
+    """The release's (AnimateDiff's) name of a diffusers `MotionAdapter` key."""
+    match = _MOTION_KEY.match(key)
+    if match is None:
+        return key
+    head, rest = key[: match.end()], key[match.end() :]
+    for ours, theirs in _MOTION_ORIGINAL:
+        rest = re.sub(rf"^(transformer_blocks\.\d+\.){ours}\.", rf"\g<1>{theirs}.", rest)
+    return f"{head}temporal_transformer.{rest}"
+
+
+def release_adapter_name(key: str) -> str:
+    """The release's name of a `DynamicsAdapter` key (``<layer>.to_q_ff.weight``, ...)."""
+    match = _ADAPTER_OURS.fullmatch(key)
+    if match is None:
+        return key
+    return f"{match['layer'].replace('-', '.')}.{match['proj']}_ff.{match['param']}"
+
+
+@dataclass
+class _UNetParts:
+    adapter: dict[str, torch.Tensor] = field(default_factory=dict)
+    motion: dict[str, torch.Tensor] = field(default_factory=dict)
+    position: dict[str, torch.Tensor] = field(default_factory=dict)  # release name -> pe
+    spatial: dict[str, torch.Tensor] = field(default_factory=dict)
+    ip_keys: int = 0
+    motion_modules: dict[tuple[str, int], set[int]] = field(default_factory=dict)
+
+
+def _split_unet(state: Mapping[str, torch.Tensor]) -> _UNetParts:
+    parts = _UNetParts()
+    for key, value in state.items():
+        adapter = _ADAPTER_KEY.fullmatch(key)
+        motion = _MOTION_KEY.match(key)
+        if _IP_KEY.fullmatch(key):
+            parts.ip_keys += 1
+        elif adapter:
+            layer = adapter["layer"].replace(".", "-")
+            proj = "to_q" if adapter["proj"] == "to_q_ff" else "to_out"
+            name = f"weights.layers.{layer}.{proj}.{adapter['param']}"
+            parts.adapter[name] = value
+        elif motion:
+            module = (motion["kind"], int(motion["block"]))
+            parts.motion_modules.setdefault(module, set()).add(int(motion["j"]))
+            head, _, rest = key.partition(".temporal_transformer.")
+            if not rest:  # not an AnimateDiff motion module: reported as unknown
+                parts.spatial[key] = value
+            elif rest.endswith(".pos_encoder.pe"):
+                parts.position[key] = value
+            else:
+                name = _motion_name(f"{head}.{rest}")
+                parts.motion[name] = value
+        else:
+            parts.spatial[key] = value
+    return parts
+
+
+def _motion_config(parts: _UNetParts, unet_config: dict[str, Any], where: str) -> dict:
+    """The release's MotionAdapter config, its layer counts read from the keys and checked
+    against the SD1.5 UNet's."""
+    channels = list(unet_config["block_out_channels"])
+    per_block = unet_config["layers_per_block"]
+    if not parts.motion_modules:
+        raise InputError(
+            "UNet checkpoint: no motion-module keys (down_blocks.*.motion_modules)", where
+        )
+    for kind, extra in (("down", 0), ("up", 1)):
+        blocks = sorted(b for k, b in parts.motion_modules if k == kind)
+        if blocks != list(range(len(channels))):
+            raise InputError(
+                f"UNet checkpoint: motion modules in {kind}_blocks {blocks}, the SD1.5 UNet has "
+                f"{len(channels)} {kind} blocks",
+                where,
+            )
+        for block in blocks:
+            count = max(parts.motion_modules[(kind, block)]) + 1
+            if count != per_block + extra:
+                raise InputError(
+                    f"UNet checkpoint: {count} motion modules in {kind}_blocks.{block}, expected "
+                    f"{per_block + extra} (SD1.5 layers_per_block {per_block})",
+                    where,
+                )
+    return {
+        "block_out_channels": channels,
+        "motion_layers_per_block": per_block,
+        "motion_num_attention_heads": MOTION_NUM_ATTENTION_HEADS,
+        "motion_norm_num_groups": 32,
+        "motion_max_seq_length": MOTION_MAX_SEQ_LENGTH,
+        "use_motion_mid_block": False,
+    }
+
+
+def _check_positions(
+    position: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.Tensor], where: str
+) -> None:
+    """Each release ``pos_encoder.pe`` equals diffusers' ``pos_embed.pe`` of its block."""
+    for key in sorted(position):
+        match = _POS_ENCODER.fullmatch(_motion_name(key.replace(".temporal_transformer.", ".")))
+        target = f"{match['block']}.pos_embed.pe" if match else None
+        if target not in buffers:
+            raise InputError(f"UNet checkpoint: unknown key {key}", where)
+        got, want = position[key], buffers[target]
+        if tuple(got.shape) != tuple(want.shape):
+            raise InputError(
+                f"UNet checkpoint: {key} has shape {tuple(got.shape)}, expected "
+                f"{tuple(want.shape)}",
+                where,
+            )
+        error = (got.float() - want.float()).abs().max().item()
+        if not error <= PE_TOLERANCE:
+            raise InputError(
+                f"UNet checkpoint: {key} is not the sinusoidal position encoding "
+                f"(differs by {error:.3g})",
+                where,
+            )
+
+
+def _owned(value: torch.Tensor) -> torch.Tensor:
+    """``value`` as a contiguous tensor owning its storage (safetensors refuses shared ones)."""
+    if value.is_contiguous() and value.untyped_storage().nbytes() == value.nbytes:
+        return value
+    return value.clone(memory_format=torch.contiguous_format)
+
+
+def _assigned(model: ModelMixin, state: Mapping[str, torch.Tensor]) -> ModelMixin:
+    model.load_state_dict({k: _owned(v) for k, v in state.items()}, strict=True, assign=True)
+    return model
+
+
+@dataclass
+class _Output:
+    subdir: str
+    model: ModelMixin
+    count: int
+
+
+def _unet_outputs(
+    path: Path, state: Mapping[str, torch.Tensor], config: dict[str, Any], report: ConversionReport
+) -> list[_Output]:
+    where = f"in {path}"
+    parts = _split_unet(state)
+    sd_unet = _empty_sd_unet(config, where)
+    check_state(parts.spatial, sd_unet.state_dict(), "UNet checkpoint", where, complete=False)
+    with init_empty_weights():
+        adapter = DynamicsAdapter.from_unet(sd_unet)
+        motion = MotionAdapter(**_motion_config(parts, config, where))
+    check_state(parts.adapter, adapter.state_dict(), "UNet checkpoint", where, release_adapter_name)
+    buffers = dict(motion.named_buffers())
+    parameters = {k: v for k, v in motion.state_dict().items() if k not in buffers}
+    check_state(parts.motion, parameters, "UNet checkpoint", where, release_motion_name)
+    _check_positions(parts.position, buffers, where)
+    dtype = next(iter(parts.motion.values())).dtype
+    motion_state = {**parts.motion, **{k: v.to(dtype) for k, v in buffers.items()}}
+    report.adapter_keys, report.motion_keys = len(parts.adapter), len(parts.motion)
+    report.position_encodings, report.spatial_keys = len(parts.position), len(parts.spatial)
+    report.ip_keys = parts.ip_keys
+    return [
+        _Output(MOTION_DIR, _assigned(motion, motion_state), len(parts.motion)),
+        _Output(ADAPTER_DIR, _assigned(adapter, parts.adapter), len(parts.adapter)),
+    ]
+
+
+def _controlnet_output(
+    path: Path, state: Mapping[str, torch.Tensor], config: dict[str, Any], channels: int, sub: str
+) -> _Output:
+    where = f"in {path}"
+    sd_unet = _empty_sd_unet(config, where)
+    with init_empty_weights():
+        controlnet = ControlNetModel.from_unet(
+            sd_unet, conditioning_channels=channels, load_weights_from_unet=False
+        )
+    what = f"{'pose' if channels == 3 else 'face'} ControlNet checkpoint"
+    check_state(state, controlnet.state_dict(), what, where)
+    return _Output(sub, _assigned(controlnet, state), len(state))
+
+
+# --------------------------------------------------------------------------- converting
+
+
+def convert_xdyna(
+    sd15: Path,
+    out: Path,
+    unet: Path | None = None,
+    controlnet: Path | None = None,
+    face_controlnet: Path | None = None,
+    allow_pickle: bool = False,
+) -> ConversionReport:
+    """Write the release's ``unet`` (motion adapter + Dynamics-Adapter), pose ``controlnet``
+    and ``face_controlnet`` checkpoints into the weights directory ``out``; ``sd15`` (SD1.5 in
+    diffusers layout) gives the UNet config. Nothing is written unless every input checks."""
+    if unet is None and controlnet is None and face_controlnet is None:
+        raise InputError("nothing to convert: give --unet, --controlnet or --face-controlnet")
+    config = sd_unet_config(sd15)
+    report = ConversionReport()
+    outputs: list[_Output] = []
+    if unet is not None:
+        outputs += _unet_outputs(unet, read_checkpoint(unet, allow_pickle), config, report)
+    for path, channels, sub in ((controlnet, 3, POSE_DIR), (face_controlnet, 6, FACE_DIR)):
+        if path is not None:
+            state = read_checkpoint(path, allow_pickle)
+            outputs.append(_controlnet_output(path, state, config, channels, sub))
+    with ExitStack() as stack:  # every folder renamed into place only once all are saved
+        for output in outputs:
+            tmp = stack.enter_context(atomic_dir(out / output.subdir))
+            output.model.save_pretrained(tmp, safe_serialization=True)
+    for output in outputs:
+        report.written.append(out / output.subdir)
+        if output.subdir in (POSE_DIR, FACE_DIR):
+            report.controlnet_keys[output.subdir] = output.count
+    return report
