@@ -19,6 +19,7 @@ from anima.io import read_video
 from anima.methods.levitor import generation_size, load_pipeline
 from anima.models.tiny import tiny_controlnet, tiny_svd_components
 
+CONVERT = ["weights", "convert", "levitor"]
 FAST = {"num_inference_steps": 2, "size": [64, 96]}
 
 
@@ -102,9 +103,9 @@ def test_pickle_weights_need_allow_pickle(weights_dir, tmp_path, capsys) -> None
 
 def test_converted_release_loads_from_safetensors_and_matches(weights_dir, tmp_path) -> None:
     converted = tmp_path / "converted"
-    assert main(["weights", "convert", str(weights_dir / "release"), str(converted)]) == 2
+    assert main([*CONVERT, str(weights_dir / "release"), str(converted)]) == 2
     assert not converted.exists()
-    argv = ["weights", "convert", str(weights_dir / "release"), str(converted), "--allow-pickle"]
+    argv = [*CONVERT, str(weights_dir / "release"), str(converted), "--allow-pickle"]
     assert main(argv) == 0
     assert (converted / "diffusion_pytorch_model.safetensors").is_file()
     root = with_controlnet(weights_dir, tmp_path, str(converted))
@@ -127,7 +128,7 @@ def test_convert_rejects_a_foreign_checkpoint(weights_dir, tmp_path, capsys) -> 
     config = json.loads((bad / "config.json").read_text())
     config["block_out_channels"] = [64, 64]
     (bad / "config.json").write_text(json.dumps(config))
-    assert main(["weights", "convert", str(bad), str(tmp_path / "o"), "--allow-pickle"]) == 2
+    assert main([*CONVERT, str(bad), str(tmp_path / "o"), "--allow-pickle"]) == 2
     assert "does not match the SVD ControlNet" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

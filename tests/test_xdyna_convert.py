@@ -182,6 +182,23 @@ def test_release_converts_key_for_key_and_loads(release, capsys) -> None:
     assert components["face_controlnet"] is not None
 
 
+def test_trained_parameters_only_convert(release, tmp_path, capsys) -> None:
+    """A UNet checkpoint without SD1.5's keys, IP-Adapter keys or position encodings."""
+    spatial = set(release.unet.state_dict())
+    state = {
+        k: v
+        for k, v in release.unet_state.items()
+        if k not in spatial and "_ip." not in k and not k.endswith(".pe")
+    }
+    unet = release.save("trained.ckpt", state, prefix=False)
+    assert release.convert(tmp_path / "out", unet=unet) == 0
+    assert "0 position encodings checked), 0 SD1.5 UNet keys" in capsys.readouterr().out
+    loaded = MotionAdapter.from_pretrained(tmp_path / "out" / "motion-adapter")
+    assert_same(loaded, release.motion.state_dict())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["motion-adapter", "xdyna"]
+    assert [p.name for p in (tmp_path / "out" / "xdyna").iterdir()] == ["adapter"]
+
+
 def error_of(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
@@ -241,7 +258,7 @@ PE_KEY = (
         ),
         (
             (
-                "up_blocks.1.motion_modules.2.temporal_transformer.norm.bias",
+                "up_blocks.1.motion_modules.1.temporal_transformer.norm.bias",
                 "up_blocks.1.motion_modules.3.temporal_transformer.norm.bias",
             ),
             "4 motion modules in up_blocks.1, expected 2",

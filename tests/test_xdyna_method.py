@@ -98,6 +98,7 @@ def test_alignment_puts_the_driving_neck_on_the_persons_neck(tmp_path) -> None:
         ({"pose": {"align": True}}, "needs 'video' or 'keypoints'"),
         ({"num_frames": 500}, "num_frames asks for 500"),
         ({"pose": {"keypoints": "missing.json"}}, "missing.json"),
+        ({"options": {"window": 40}}, "at most 32"),
     ],
 )
 def test_bad_pose_input_is_a_one_line_error(tmp_path, capsys, updates, message) -> None:

@@ -89,7 +89,7 @@ def checkpoint_format(folder: Path, kind: str, allow_pickle: bool) -> dict[str, 
     if pickles and not allow_pickle:
         raise InputError(
             f"{kind}: only pickle weights ({pickles[0]}); pass --allow-pickle to load them, "
-            "or convert once with `anima weights convert`",
+            "or convert them once (`anima weights convert --help`)",
             f"in {folder}",
         )
     if pickles:

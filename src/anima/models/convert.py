@@ -1,4 +1,4 @@
-"""``anima weights convert``: an SVD ControlNet checkpoint into our safetensors layout.
+"""``anima weights convert levitor``: an SVD ControlNet checkpoint into our safetensors layout.
 
 Accepts our layout, LeviTor's release (an accelerate state directory holding ``controlnet/``)
 or the community temporal ControlNet (``controlnet/`` with a ``ControlNetSDVModel`` config),

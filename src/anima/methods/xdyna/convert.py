@@ -19,7 +19,8 @@ UNet checkpoint is split by name:
   each of the two temporal attentions its own ``pos_encoder.pe`` buffer; diffusers adds ONE
   ``pos_embed.pe`` a transformer block before both attentions. Both are the same deterministic
   sinusoid, so the release's buffers are checked against the one diffusers computes (max length
-  `MOTION_MAX_SEQ_LENGTH`, within `PE_TOLERANCE`) and diffusers' is written;
+  `MOTION_MAX_SEQ_LENGTH`, within `PE_TOLERANCE`; a checkpoint without them is accepted) and
+  diffusers' is written;
 - ``...attn2.to_{k,v}_ip.*`` (IP-Adapter) are not supported yet: skipped and counted;
 - every other key must be a key of SD1.5's `UNet2DConditionModel` (built from
   ``--sd15``'s ``unet/config.json``) with its shape; these are counted, not written (the UNet is
@@ -76,7 +77,9 @@ _MOTION_ORIGINAL = (
     ("norm2", "norms.1"),
     ("norm3", "ff_norm"),
 )
-_ADAPTER_OURS = re.compile(r"weights\.layers\.(?P<layer>[^.]+)\.(?P<proj>to_q|to_out)\.(?P<param>\w+)")
+_ADAPTER_OURS = re.compile(
+    r"weights\.layers\.(?P<layer>[^.]+)\.(?P<proj>to_q|to_out)\.(?P<param>\w+)"
+)
 _POS_ENCODER = re.compile(r"(?P<block>.+\.transformer_blocks\.\d+)\.attn[12]\.pos_encoder\.pe")
 
 
@@ -189,9 +192,7 @@ def check_state(
     for key in sorted(state):
         got, want = tuple(state[key].shape), tuple(expected[key].shape)
         if got != want:
-            raise InputError(
-                f"{what}: {release_name(key)} has shape {got}, expected {want}", where
-            )
+            raise InputError(f"{what}: {release_name(key)} has shape {got}, expected {want}", where)
 
 
 def _motion_name(key: str) -> str:
@@ -263,6 +264,8 @@ def _motion_config(parts: _UNetParts, unet_config: dict[str, Any], where: str) -
     against the SD1.5 UNet's."""
     channels = list(unet_config["block_out_channels"])
     per_block = unet_config["layers_per_block"]
+    if not isinstance(per_block, int):
+        raise InputError(f"SD1.5 UNet: layers_per_block {per_block} is not one number", where)
     if not parts.motion_modules:
         raise InputError(
             "UNet checkpoint: no motion-module keys (down_blocks.*.motion_modules)", where

@@ -203,6 +203,12 @@ class XDynaMethod(Method):
             raise InputError("the xdyna method needs a 'pose' section", spec.where)
         if self.options.overlap >= self.options.window:
             raise InputError("must be smaller than options.window", "options.overlap")
+        context = self.load().unet.config.motion_max_seq_length
+        if self.options.window > context:
+            raise InputError(
+                f"must be at most {context} (the motion modules' positional encoding)",
+                "options.window",
+            )
         driving, video = _driving(drive, spec)
         index = list(range(drive.start, driving.num_frames, drive.stride))[: spec.num_frames]
         if len(index) < spec.num_frames:
