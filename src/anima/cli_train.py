@@ -160,6 +160,7 @@ _BASE_OPTION_OF = {
     "vae_frames": "--vae-frames",
     "size": "--height/--width",
     "kl_weight": "--kl-weight",
+    "loss_weighting": "--loss-weighting",
     "checkpoint_every": "--checkpoint-every",
     "checkpoints_total_limit": "--checkpoints-total-limit",
     "resume": "--resume",
@@ -184,6 +185,9 @@ def train_svd_base_command(
     height: Annotated[int, typer.Option(help="Training height (multiple of 8).")] = 64,
     width: Annotated[int, typer.Option(help="Training width (multiple of 8).")] = 64,
     kl_weight: Annotated[float, typer.Option(help="VAE KL weight (per-element mean).")] = 1e-4,
+    loss_weighting: Annotated[
+        str, typer.Option(help="Stage 2: epsilon (Eq. 6 as written) or edm (lambda(sigma)).")
+    ] = "epsilon",
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     checkpoints_total_limit: Annotated[
         int | None, typer.Option(help="Keep only the newest N checkpoints.")
@@ -213,6 +217,7 @@ def train_svd_base_command(
             vae_frames=vae_frames,
             size=(height, width),
             kl_weight=kl_weight,
+            loss_weighting=loss_weighting,
             checkpoint_every=checkpoint_every,
             checkpoints_total_limit=checkpoints_total_limit,
             resume=resume,

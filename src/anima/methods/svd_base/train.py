@@ -64,6 +64,7 @@ from anima.errors import InputError
 from anima.io import FRAME_SUFFIXES, atomic_dir, atomic_path, read_image
 from anima.methods.levitor.dataset import FRAMES_DIR, crop_resize_rgb
 from anima.methods.levitor.train import (
+    LossWeighting,
     StepNoise,
     edm_input_scale,
     edm_timestep,
@@ -124,6 +125,9 @@ class BaseTrainConfig(BaseModel):
     cond_dropout: float = Field(0.1, ge=0, le=1, description="P(zero conditioning) for CFG.")
     p_mean: float = Field(0.7, description="EDM log-normal sigma: mean of ln sigma.")
     p_std: float = Field(1.6, gt=0, description="EDM log-normal sigma: std of ln sigma.")
+    loss_weighting: LossWeighting = Field(
+        "epsilon", description="Stage 2: epsilon loss as written, or EDM's lambda(sigma)."
+    )
     vae_channels: tuple[int, ...] = Field(
         (32, 32, 32), description="VAE block_out_channels; n levels downsample 2^(n-1)x."
     )
@@ -318,12 +322,13 @@ def svd_loss(
     fps: int = 6,
     motion_bucket_id: int = 100,
     noise_aug_strength: float = 0.02,
+    loss_weighting: LossWeighting = "epsilon",
 ) -> Tensor:
     """Stage-2 loss: `anima.methods.levitor.train.levitor_loss` without a ControlNet (EDM,
-    v-prediction, epsilon-weighted), conditioning by ``pipe.prepare_conditioning`` with
-    gradients to the image encoder. ``unet`` is the model being trained (possibly wrapped by
-    accelerate); ``drop`` (B,) bool zeroes the conditioning of those samples. The VAE posterior
-    is sampled with ``draws.latent_noise``."""
+    v-prediction, weighted as ``loss_weighting`` says), conditioning by
+    ``pipe.prepare_conditioning`` with gradients to the image encoder. ``unet`` is the model
+    being trained (possibly wrapped by accelerate); ``drop`` (B,) bool zeroes the conditioning
+    of those samples. The VAE posterior is sampled with ``draws.latent_noise``."""
     device = pipe.vae.device
     frames = frames.to(device)
     num_frames = frames.shape[1]
@@ -352,7 +357,7 @@ def svd_loss(
         added_time_ids=time_ids,
         return_dict=False,
     )[0]
-    return epsilon_loss(noisy, noise, output.float(), sigma)
+    return epsilon_loss(noisy, noise, output.float(), sigma, loss_weighting)
 
 
 @torch.no_grad()
@@ -669,7 +674,7 @@ def train_svd_base(
             drop = torch.rand(config.batch_size, generator=generator) < config.cond_dropout
             loss = svd_loss(
                 pipe, models[0], frames, draws, drop, config.fps, config.motion_bucket_id,
-                config.noise_aug_strength,
+                config.noise_aug_strength, config.loss_weighting,
             )  # fmt: skip
             return loss, {}
 
