@@ -237,6 +237,36 @@ def demo_command(
     )
 
 
+@app.command("studio")
+def studio_command(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; any but 127.0.0.1 exposes the studio.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    weights: WeightsOption = None,
+    device: Annotated[
+        str, typer.Option(help="Generation device: cpu, cuda, cuda:N or mps.")
+    ] = "cpu",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 25.0,
+    share: Annotated[bool, typer.Option(help="Also open a public Gradio share link.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
+) -> None:
+    """Open the studio: a local web app to draw 3D trajectories on a photo, preview them,
+    generate the video and download it with its spec (needs gradio, the 'studio' extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise InputError("the studio needs gradio: pip install 'anima[studio]'", "anima studio")
+    from anima.pipeline import parse_device
+    from anima.studio.server import serve
+
+    parse_device(device)
+    source = Weights.resolve(weights, allow_pickle=allow_pickle)
+    server = serve(host, port, source, device, max_upload_mb, share=share, quiet=True)
+    console.print(f"anima studio on {server.url} (Ctrl+C stops it)")
+    server.serve_forever()
+
+
 @spec_app.command("validate")
 def spec_validate(
     specs: Annotated[list[Path], typer.Argument(help="Spec files.")],

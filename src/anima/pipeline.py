@@ -20,7 +20,7 @@ from anima.errors import InputError
 from anima.io import atomic_dir, atomic_path, write_depth_png, write_png
 from anima.methods.base import Controls
 from anima.methods.registry import default_method, get_method
-from anima.scene import build_scene
+from anima.scene import Scene, build_scene
 from anima.spec import MotionSpec, format_validation_error, spec_to_json
 from anima.weights import Weights
 
@@ -97,8 +97,11 @@ def animate(
     device: str = "cpu",
     dtype: str = "float32",
     on_stage: Callable[[str], None] | None = None,
+    scene: Scene | None = None,
 ) -> AnimateResult:
-    """Run ``spec`` (already resolved with `resolve_spec`) through its method."""
+    """Run ``spec`` (already resolved with `resolve_spec`) through its method. ``scene`` is
+    the spec's scene when the caller has already built it (the studio keeps it between
+    edits); it must be what `build_scene` gives for the spec."""
     weights = weights or Weights()
     stage = on_stage or (lambda _name: None)
     method_cls = get_method(spec.method or default_method(weights), f"method {spec.where}")
@@ -112,15 +115,16 @@ def animate(
         method.load()
         seconds["load"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    stage("building the scene (depth, masks)")
-    try:
-        scene = build_scene(spec, weights)
-    except InputError as exc:  # name the spec file as well as the field
-        if exc.where and not exc.where.startswith("in "):
-            raise InputError(exc.what, f"{exc.where} {spec.where}") from None
-        raise
-    seconds["scene"] = time.perf_counter() - start
+    if scene is None:
+        start = time.perf_counter()
+        stage("building the scene (depth, masks)")
+        try:
+            scene = build_scene(spec, weights)
+        except InputError as exc:  # name the spec file as well as the field
+            if exc.where and not exc.where.startswith("in "):
+                raise InputError(exc.what, f"{exc.where} {spec.where}") from None
+            raise
+        seconds["scene"] = time.perf_counter() - start
 
     start = time.perf_counter()
     stage(f"preparing {method_cls.name} controls")

@@ -56,9 +56,12 @@ class Scene:
         return unproject(pixel_grid(self.size), self.distance.double(), self.intrinsics)
 
 
-def _object_mask(
+def object_mask(
     obj: SceneObject, index: int, spec: MotionSpec, image: torch.Tensor, weights: Weights
 ) -> torch.Tensor:
+    """The selection mask of ``spec.objects[index]`` on ``image`` (the working-size image):
+    its mask file as is, or GrabCut in its box, or SAM / GrabCut from its points (these two
+    grown by `SELECTION_GROWTH` pixels). Problems are `InputError`s naming ``objects[index]``."""
     where = f"objects[{index}]"
     size = (int(image.shape[-2]), int(image.shape[-1]))
     if obj.mask is not None:
@@ -112,7 +115,7 @@ def build_scene(spec: MotionSpec, weights: Weights | None = None) -> Scene:
     size = (int(image.shape[-2]), int(image.shape[-1]))
     intrinsics = intrinsics_from_fov(size, spec.fov)
 
-    masks = [_object_mask(obj, i, spec, image, weights) for i, obj in enumerate(spec.objects)]
+    masks = [object_mask(obj, i, spec, image, weights) for i, obj in enumerate(spec.objects)]
     for i, mask in enumerate(masks):
         if not bool(mask.any()):
             raise InputError("the selection is empty at the working size", f"objects[{i}]")

@@ -1,0 +1,143 @@
+"""Pictures the studio shows: the photo with masks and paths, the depth colour map, and the
+preview frames with LeviTor's control points drawn on them.
+
+Everything returns uint8 (H, W, 3) RGB arrays (``(F, H, W, 3)`` for frames) at the working size,
+so a click on a picture is a pixel of the working image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from anima.io import to_uint8
+from anima.methods.levitor.controls import ControlPoints
+
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+)
+"""Object colours (RGB), by id: object n gets ``PALETTE[(n - 1) % len(PALETTE)]``."""
+
+MASK_ALPHA = 0.45
+
+
+def colour(object_id: int) -> tuple[int, int, int]:
+    return PALETTE[(int(object_id) - 1) % len(PALETTE)]
+
+
+def _scale(size: tuple[int, int]) -> float:
+    """Line and marker size unit: 1 at 512 pixels on the shorter side."""
+    return max(0.5, min(size) / 512)
+
+
+def image_rgb(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float image -> (H, W, 3) uint8."""
+    return np.ascontiguousarray(to_uint8(image).transpose(1, 2, 0))
+
+
+def depth_colours(distance: torch.Tensor) -> np.ndarray:
+    """A distance map as colours (turbo colour map on inverse distance: near is red, far is
+    blue), scaled to the map's own range."""
+    inverse = 1.0 / distance.double().clamp_min(1e-6).numpy()
+    low, high = float(inverse.min()), float(inverse.max())
+    norm = (inverse - low) / (high - low) if high > low else np.zeros_like(inverse)
+    grey = np.round(norm * 255).astype(np.uint8)
+    return np.ascontiguousarray(cv2.applyColorMap(grey, cv2.COLORMAP_TURBO)[..., ::-1])
+
+
+def _label(canvas: np.ndarray, text: str, at: tuple[int, int], unit: float) -> None:
+    """White text with a dark outline at ``at`` (bottom-left)."""
+    scale, thick = 0.45 * unit, max(1, round(unit))
+    for width, fill in ((thick + 2, (0, 0, 0)), (thick, (255, 255, 255))):
+        cv2.putText(canvas, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, fill, width, cv2.LINE_AA)
+
+
+def _point(xy: Any) -> tuple[int, int]:
+    return int(round(float(xy[0]))), int(round(float(xy[1])))
+
+
+def canvas(
+    image: torch.Tensor,
+    instance: torch.Tensor | None,
+    objects: list[dict[str, Any]],
+    active: int | None,
+    keyframe: int | None,
+) -> np.ndarray:
+    """The photo with each object's mask tinted in its colour (the active one outlined
+    thickly), its selection clicks as crosses, and its path: numbered points joined by arrows,
+    labelled with their depth; the point the depth slider edits is ringed."""
+    out = image_rgb(image).astype(np.float32)
+    size = out.shape[:2]
+    unit = _scale(size)
+    ids = [o["id"] for o in objects]
+    if instance is not None:
+        for object_id in ids:
+            mask = (instance == object_id).numpy()
+            out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * np.array(colour(object_id))
+    out = np.ascontiguousarray(np.clip(out, 0, 255).astype(np.uint8))
+    if instance is not None:
+        for object_id in ids:
+            mask = (instance == object_id).numpy().astype(np.uint8)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            width = max(1, round((3 if object_id == active else 1) * unit))
+            cv2.drawContours(out, contours, -1, colour(object_id), width, cv2.LINE_AA)
+    for obj in objects:
+        rgb = colour(obj["id"])
+        for x, y in obj.get("points") or []:
+            at = _point((x, y))
+            arm = max(3, round(6 * unit))
+            cv2.drawMarker(out, at, (0, 0, 0), cv2.MARKER_CROSS, arm * 2 + 2, 3)
+            cv2.drawMarker(out, at, (255, 255, 255), cv2.MARKER_CROSS, arm * 2, 1)
+        box = obj.get("box")
+        if box is not None:
+            cv2.rectangle(out, _point(box[:2]), _point(box[2:]), rgb, max(1, round(unit)))
+        path = obj.get("trajectory", [])
+        points = [_point((k["x"], k["y"])) for k in path]
+        for a, b in zip(points, points[1:], strict=False):
+            cv2.arrowedLine(out, a, b, (0, 0, 0), max(2, round(3 * unit)), cv2.LINE_AA, 0, 0.08)
+            cv2.arrowedLine(out, a, b, rgb, max(1, round(2 * unit)), cv2.LINE_AA, 0, 0.08)
+        radius = max(3, round(5 * unit))
+        for i, (at, key) in enumerate(zip(points, path, strict=True)):
+            cv2.circle(out, at, radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
+            cv2.circle(out, at, radius, rgb, -1, cv2.LINE_AA)
+            if obj["id"] == active and i == keyframe:
+                cv2.circle(out, at, radius + 4, (255, 255, 255), max(1, round(2 * unit)))
+            _label(out, f"{i + 1}: {key['depth']:.3g}", (at[0] + radius + 3, at[1] - 3), unit)
+    return out
+
+
+def control_points_overlay(frames: torch.Tensor, points: ControlPoints | None) -> np.ndarray:
+    """Frames (F, 3, H, W) as uint8 (F, H, W, 3) with LeviTor's K-means control points drawn:
+    each visible point a dot in its object's colour, with a trail of its earlier positions."""
+    video = np.ascontiguousarray(to_uint8(frames).transpose(0, 2, 3, 1))
+    if points is None or points.num_points == 0:
+        return video
+    unit = _scale(video.shape[1:3])
+    radius = max(2, round(4 * unit))
+    xy, visible = points.xy.numpy(), points.visible.numpy()
+    for f in range(min(len(video), points.num_frames)):
+        frame = video[f]
+        for n in range(points.num_points):
+            rgb = colour(int(points.instance[n]))
+            trail = [_point(xy[g, n]) for g in range(f + 1) if visible[g, n]]
+            if len(trail) > 1:
+                cv2.polylines(frame, [np.array(trail, np.int32)], False, rgb, 1, cv2.LINE_AA)
+            if visible[f, n]:
+                at = _point(xy[f, n])
+                cv2.circle(frame, at, radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
+                cv2.circle(frame, at, radius, rgb, -1, cv2.LINE_AA)
+    return video
