@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anima.methods.xdyna.adapter import DynamicsAdapter
-from anima.methods.xdyna.pipeline import XDynaPipeline, gaussian_blur
+from anima.methods.xdyna.pipeline import WindowResiduals, XDynaPipeline, gaussian_blur
 from anima.methods.xdyna.reference_frame import skip_reference_in_motion_modules
 from anima.models.tiny_sd import (
     randomise_zero_convs,
@@ -18,6 +18,7 @@ from anima.models.tiny_sd import (
     tiny_tokenizer,
     xdyna_scheduler,
 )
+from anima.sampling.windows import sliding_windows
 
 SIZE = 32
 
@@ -130,21 +131,49 @@ def test_sixteen_frames_are_the_same_with_and_without_windows(pipe) -> None:
 
 
 def test_a_video_longer_than_a_window_is_generated_in_windows(pipe) -> None:
+    """Windows [0, 4), [3, 7), [6, 10): the UNet sees each window, the ControlNets each frame
+    once a step."""
     image, pose, face = _conditions(10, seed=2)
-    seen: list[int] = []
-    original = pipe.predict_noise
+    unet_frames: list[int] = []
+    control_frames: list[int] = []
+    unet_noise, control_residuals = pipe.unet_noise, pipe.control_residuals
 
-    def spy(latents, *args, **kwargs):
-        seen.append(latents.shape[2])
-        return original(latents, *args, **kwargs)
+    def spy_unet(latents, *args, **kwargs):
+        unet_frames.append(latents.shape[2])
+        return unet_noise(latents, *args, **kwargs)
 
-    pipe.predict_noise = spy
+    def spy_control(latents, *args, **kwargs):
+        control_frames.append(latents.shape[2])
+        return control_residuals(latents, *args, **kwargs)
+
+    pipe.unet_noise, pipe.control_residuals = spy_unet, spy_control
     try:
         video = _run(pipe, image, pose, face, num_inference_steps=1, window=4, overlap=1)
     finally:
-        del pipe.predict_noise
+        del pipe.unet_noise, pipe.control_residuals
     assert video.shape[0] == 10 and torch.isfinite(video).all()
-    assert seen == [4, 4, 4]  # windows [0, 4), [3, 7), [6, 10)
+    assert unet_frames == [4, 4, 4]
+    assert control_frames == [4, 3, 3]
+
+
+def test_reused_residuals_equal_the_windows_own(pipe) -> None:
+    """Residuals taken over from the previous window are the ones the window would compute."""
+    g = torch.Generator().manual_seed(5)
+    latents = torch.randn(1, 4, 11, 4, 4, generator=g)
+    _, pose, face = _conditions(11, seed=5)
+    text = torch.randn(2, 77, 32, generator=g)
+    t = torch.tensor(500)
+    residuals = WindowResiduals(pipe, latents, t, text, pose, face, 1.0, 1.0)
+    with torch.no_grad():
+        for frames in sliding_windows(11, 4, 1) + [range(7, 11)]:
+            down, mid = residuals.window(frames)
+            branches = latents[:, :, frames.start : frames.stop].expand(2, -1, -1, -1, -1)
+            window = slice(frames.start, frames.stop)
+            own_down, own_mid = pipe.control_residuals(
+                branches, t, text, pose[window], face[window], 1.0, 1.0
+            )
+            for a, b in zip([*down, mid], [*own_down, own_mid], strict=True):
+                assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_gaussian_blur_keeps_constants_and_smooths() -> None:

@@ -76,6 +76,58 @@ def gaussian_blur(latents: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLU
     return F.conv2d(F.conv2d(padded, rows, groups=channels), cols, groups=channels)
 
 
+class WindowResiduals:
+    """ControlNet residuals of one denoising step, window by window, each frame's computed once.
+
+    The pose and face ControlNets are per-frame 2D models and the latents change only after all
+    windows of a step, so a frame shared by two windows has the same residuals in both: the
+    frames a window shares with the previous one are taken from it and only the new frames go
+    through the ControlNets. A video then costs one ControlNet pass per frame and step; only
+    the UNet with its motion modules sees the overlaps twice."""
+
+    def __init__(
+        self,
+        pipe: XDynaPipeline,
+        latents: Tensor,
+        t: Tensor,
+        text: Tensor,
+        pose: Tensor,
+        face: Tensor | None,
+        pose_scale: float,
+        face_scale: float,
+    ) -> None:
+        self.pipe, self.latents, self.t, self.text = pipe, latents, t, text
+        self.pose, self.face, self.scales = pose, face, (pose_scale, face_scale)
+        self._frames: range | None = None
+        self._levels: list[Tensor] = []  # (B, F_window, C, h, w): the down residuals, then mid
+
+    def _compute(self, start: int, stop: int) -> list[Tensor]:
+        branches = self.text.shape[0]
+        latents = self.latents[:, :, start:stop].expand(branches, -1, -1, -1, -1)
+        face = None if self.face is None else self.face[start:stop]
+        down, mid = self.pipe.control_residuals(
+            latents, self.t, self.text, self.pose[start:stop], face, *self.scales
+        )
+        return [r.reshape(branches, stop - start, *r.shape[1:]) for r in (*down, mid)]
+
+    def window(self, frames: range) -> tuple[list[Tensor], Tensor]:
+        """(down residuals, mid residual) of ``frames``, (B * len(frames), C, h, w) each."""
+        previous = self._frames
+        if previous is not None and previous.start <= frames.start < previous.stop:
+            kept = previous.stop - frames.start
+            offset = frames.start - previous.start
+            new = self._compute(previous.stop, frames.stop) if frames.stop > previous.stop else None
+            levels = []
+            for i, old in enumerate(self._levels):
+                part = old[:, offset : offset + min(kept, len(frames))]
+                levels.append(part if new is None else torch.cat([part, new[i]], dim=1))
+        else:
+            levels = self._compute(frames.start, frames.stop)
+        self._frames, self._levels = frames, levels
+        flat = [level.flatten(0, 1) for level in levels]
+        return flat[:-1], flat[-1]
+
+
 class XDynaPipeline(DiffusionPipeline):
     """Reference image + pose (and face) conditions -> video. See the module docstring."""
 
@@ -151,8 +203,8 @@ class XDynaPipeline(DiffusionPipeline):
         pose_scale: float,
         face_scale: float,
     ) -> tuple[list[Tensor], Tensor]:
-        """Summed pose (+ face) ControlNet residuals of the generated frames, with zero
-        residuals for each reference frame in front (§3.3: residuals summed).
+        """Summed pose (+ face) ControlNet residuals of the generated frames (§3.3: residuals
+        summed), (B * F, C, h, w) each; `unet_noise` puts the reference's zeros in front.
 
         Args:
             latents: (B, C, F, h, w) noisy latents of the window.
@@ -193,9 +245,35 @@ class XDynaPipeline(DiffusionPipeline):
             )
             down = [d + f for d, f in zip(down, face_down, strict=True)]
             mid = mid + face_mid
+        return list(down), mid
+
+    def unet_noise(
+        self,
+        latents: Tensor,
+        reference: Tensor,
+        t: Tensor,
+        text: Tensor,
+        down: list[Tensor],
+        mid: Tensor,
+    ) -> Tensor:
+        """Noise prediction (B, C, F, h, w) of the UNet on [reference, frames] given the
+        generated frames' ControlNet residuals (`control_residuals`); the reference gets zero
+        residuals. Must run inside `adapter_context`."""
+        batch, _, frames = latents.shape[:3]
         down = with_reference_residuals(down, batch, frames)
         (mid,) = with_reference_residuals([mid], batch, frames)
-        return down, mid
+        ref = reference[:, :, None].expand(batch, -1, 1, -1, -1).to(latents.dtype)
+        sample = torch.cat([ref, latents], dim=2)
+        hidden = text.repeat_interleave(frames + 1, dim=0)
+        noise = self.unet(
+            sample,
+            t,
+            encoder_hidden_states=hidden,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
+        return noise[:, :, 1:]
 
     def predict_noise(
         self,
@@ -213,20 +291,8 @@ class XDynaPipeline(DiffusionPipeline):
         ``latents`` (B, C, F, h, w) and ``text`` (B, 77, D) hold the B branches (CFG halves)
         or videos (training); ``reference`` is (1, C, h, w) shared or (B, C, h, w); ``t`` one
         timestep or (B,). Must run inside `adapter_context`."""
-        batch, _, frames = latents.shape[:3]
         down, mid = self.control_residuals(latents, t, text, pose, face, pose_scale, face_scale)
-        ref = reference[:, :, None].expand(batch, -1, 1, -1, -1).to(latents.dtype)
-        sample = torch.cat([ref, latents], dim=2)
-        hidden = text.repeat_interleave(frames + 1, dim=0)
-        noise = self.unet(
-            sample,
-            t,
-            encoder_hidden_states=hidden,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )[0]
-        return noise[:, :, 1:]
+        return self.unet_noise(latents, reference, t, text, down, mid)
 
     def window_noise(
         self,
@@ -235,19 +301,13 @@ class XDynaPipeline(DiffusionPipeline):
         reference: Tensor,
         t: Tensor,
         text: Tensor,
-        pose: Tensor,
-        face: Tensor | None,
-        pose_scale: float,
-        face_scale: float,
+        residuals: WindowResiduals,
     ) -> Tensor:
-        """`predict_noise` on the ``frames`` of the whole video's (1, C, F, h, w) latents and
-        conditions, for every branch of ``text``."""
-        window = slice(frames.start, frames.stop)
-        branches = latents[:, :, window].expand(text.shape[0], -1, -1, -1, -1)
-        face_window = None if face is None else face[window]
-        return self.predict_noise(
-            branches, reference, t, text, pose[window], face_window, pose_scale, face_scale
-        )
+        """`unet_noise` on the ``frames`` of the whole video's (1, C, F, h, w) latents, for
+        every branch of ``text``, with residuals from ``residuals``."""
+        branches = latents[:, :, frames.start : frames.stop].expand(text.shape[0], -1, -1, -1, -1)
+        down, mid = residuals.window(frames)
+        return self.unet_noise(branches, reference, t, text, down, mid)
 
     def adapter_context(self) -> Any:
         """The reference-frame machinery around UNet calls: the adapter's attention and the
@@ -313,16 +373,16 @@ class XDynaPipeline(DiffusionPipeline):
 
         with self.adapter_context(), self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
+                residuals = WindowResiduals(
+                    self, latents, t, text, pose, face, pose_scale, face_scale
+                )
                 predict = functools.partial(
                     self.window_noise,
                     latents=latents,
                     reference=reference,
                     t=t,
                     text=text,
-                    pose=pose,
-                    face=face,
-                    pose_scale=pose_scale,
-                    face_scale=face_scale,
+                    residuals=residuals,
                 )
                 noise = windowed_prediction(predict, windows, num_frames, frame_dim=2)
                 if cfg:
