@@ -8,7 +8,8 @@ linear. The ControlNets run once per frame and step (`WindowResiduals`), but the
 motion modules must see every window whole, reference frame included: a 64-frame video makes
 5 UNet passes of 17 frames where a 16-frame one makes 1, so the UNet alone would scale by
 ``unet_frames_ratio`` = (85 / 64) / (17 / 16) = 1.25; ``window_scaling`` lies between that and
-1.0 by the ControlNets' share of the work.
+1.0 by the ControlNets' share of the work. ``window_scaling_overlap_0`` is the same ratio
+with windows that do not overlap (4 windows for 64 frames): how linear the machinery itself is.
 
     python benchmarks/xdyna.py [--runs 3] [--steps 4]
 """
@@ -75,13 +76,13 @@ def mid_size_pipeline() -> XDynaPipeline:
     return pipe
 
 
-def seconds(pipe: XDynaPipeline, frames: int, steps: int) -> float:
+def seconds(pipe: XDynaPipeline, frames: int, steps: int, overlap: int = OVERLAP) -> float:
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, SIZE, SIZE, generator=g)
     pose = torch.rand(frames, 3, SIZE, SIZE, generator=g)
     face = torch.rand(frames, 6, SIZE, SIZE, generator=g)
     start = time.perf_counter()
-    pipe(image, pose, face, num_inference_steps=steps, window=WINDOW, overlap=OVERLAP)
+    pipe(image, pose, face, num_inference_steps=steps, window=WINDOW, overlap=overlap)
     return time.perf_counter() - start
 
 
@@ -94,6 +95,7 @@ def main() -> None:
     seconds(pipe, 4, 1)  # warm-up
     times = {n: [seconds(pipe, n, args.steps) for _ in range(args.runs)] for n in (16, 64)}
     medians = {n: statistics.median(t) for n, t in times.items()}
+    no_overlap = statistics.median(seconds(pipe, 64, args.steps, 0) for _ in range(args.runs))
     per_frame = {n: medians[n] / n for n in medians}
     unet_frames = {n: len(sliding_windows(n, WINDOW, OVERLAP)) * (WINDOW + 1) for n in medians}
     unet_ratio = (unet_frames[64] / 64) / (unet_frames[16] / 16)
@@ -105,6 +107,7 @@ def main() -> None:
             {
                 "window_scaling": round(scaling, 3),
                 "unet_frames_ratio": round(unet_ratio, 3),
+                "window_scaling_overlap_0": round((no_overlap / 64) / per_frame[16], 3),
                 "median_s": {str(n): round(m, 3) for n, m in medians.items()},
                 "runs": args.runs,
                 "steps": args.steps,
