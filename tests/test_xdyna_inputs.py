@@ -36,7 +36,13 @@ from anima.methods.xdyna.keypoints import (
     load_openpose,
     save_openpose,
 )
-from anima.methods.xdyna.pose_map import COLOURS, HEAD_JOINTS, LIMB_INTENSITY, pose_maps
+from anima.methods.xdyna.pose_map import (
+    COLOURS,
+    HEAD_JOINTS,
+    LIMB_INTENSITY,
+    NECK_NOSE,
+    pose_maps,
+)
 from anima.world import WorldConfig, make_clip
 
 # A standing person in a 256 x 192 (H x W) image, COCO-18 order, head well above the neck.
@@ -226,7 +232,7 @@ def _near(image: np.ndarray, point: np.ndarray, radius: float) -> np.ndarray:
 
 
 def test_pose_map_has_no_head():
-    maps = pose_maps(_standing())
+    maps = pose_maps(_standing(), neck_nose=False)  # the paper's skeleton
     assert maps.shape == (1, 3, *SIZE) and maps.dtype == torch.float32
     assert 0.0 <= float(maps.min()) and float(maps.max()) <= 1.0
     image = maps[0].permute(1, 2, 0).numpy()
@@ -243,6 +249,13 @@ def test_pose_map_has_no_head():
     np.testing.assert_allclose(image[80, 96], np.array(COLOURS[1]) / 255, atol=1e-6)
     full = pose_maps(_standing(), head=True)[0].permute(1, 2, 0).numpy()
     assert (_near(full, STANDING[0], 2.0) > 0).any()
+    # the release's (the default): the neck-nose limb, no eyes or ears
+    release = pose_maps(_standing())[0].permute(1, 2, 0).numpy()
+    centre = np.rint((STANDING[0] + STANDING[1]) / 2).astype(int)
+    expected = np.array([int(c * LIMB_INTENSITY) for c in COLOURS[NECK_NOSE]]) / 255
+    np.testing.assert_allclose(release[centre[1], centre[0]], expected, atol=1e-6)
+    for joint in (14, 15, 16, 17):
+        assert (_near(release, STANDING[joint], 3.0) == 0).all(), joint
 
 
 def test_pose_map_follows_pose_and_visibility():

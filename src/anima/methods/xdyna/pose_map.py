@@ -2,9 +2,12 @@
 
 X-Dyna (paper 004, §3.2 and Fig. 2) controls the body with a ControlNet ``C_P`` initialised
 from the SD1.5 OpenPose ControlNet and conditioned on a rendered 2D skeleton per frame. The
-head is left out of that skeleton (nose, eyes, ears and the five limbs to them): head pose and
+head is left out of that skeleton (nose, eyes, ears and the limbs between them): head pose and
 expression come from the S-Face ControlNet instead (§3.3, `anima.methods.xdyna.face`), and the
-paper notes that face skeletons leak identity cues such as face shape.
+paper notes that face skeletons leak identity cues such as face shape. The release's pose
+videos (its ``target_no_head_poses``) still draw the neck-nose limb, without the nose's disc;
+``neck_nose=True`` (the default, matching what the released ControlNet saw) does the same,
+``False`` drops it as the paper's text says.
 
 Rendering follows the look the OpenPose ControlNet was trained on, so its initialisation is
 useful: black background; the 17 COCO-18 limbs in OpenPose's order, limb ``i`` drawn in
@@ -43,6 +46,8 @@ BODY_LIMBS = tuple(
     i for i, (a, b) in enumerate(LIMBS) if a not in HEAD_JOINTS and b not in HEAD_JOINTS
 )
 BODY_JOINTS = tuple(j for j in range(NUM_BODY) if j not in HEAD_JOINTS)
+#: The neck-nose limb (index into LIMBS) the release's headless skeletons keep.
+NECK_NOSE = LIMBS.index((1, 0))
 
 REFERENCE_SIDE = 512.0
 LIMB_WIDTH = 4.0  # semi-minor axis of a limb ellipse at REFERENCE_SIDE, pixels
@@ -74,12 +79,17 @@ def line_scale(size: tuple[int, int]) -> float:
 
 
 def draw_skeleton(
-    points: np.ndarray, visible: np.ndarray, size: tuple[int, int], head: bool = False
+    points: np.ndarray,
+    visible: np.ndarray,
+    size: tuple[int, int],
+    head: bool = False,
+    neck_nose: bool = True,
 ) -> np.ndarray:
     """One frame's skeleton as an (H, W, 3) uint8 RGB image (see the module doc).
 
     ``points`` (18, 2) are COCO-18 pixel coordinates, ``visible`` (18,) bool. ``head=True``
-    draws the full OpenPose skeleton (nose, eyes, ears too), for comparison; X-Dyna uses False.
+    draws the full OpenPose skeleton (nose, eyes, ears too), for comparison; X-Dyna uses False,
+    with the neck-nose limb unless ``neck_nose`` is False.
     """
     height, width = size
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
@@ -87,7 +97,7 @@ def draw_skeleton(
     scale = line_scale(size)
     limb_width = max(LIMB_WIDTH * scale, 1.0)
     radius = max(JOINT_RADIUS * scale, 1.0)
-    limbs = range(len(LIMBS)) if head else BODY_LIMBS
+    limbs = range(len(LIMBS)) if head else BODY_LIMBS + ((NECK_NOSE,) if neck_nose else ())
     joints = range(NUM_BODY) if head else BODY_JOINTS
     for i in limbs:
         a, b = LIMBS[i]
@@ -107,7 +117,10 @@ def draw_skeleton(
 
 
 def pose_maps(
-    keypoints: DrivingKeypoints, threshold: float = BODY_THRESHOLD, head: bool = False
+    keypoints: DrivingKeypoints,
+    threshold: float = BODY_THRESHOLD,
+    head: bool = False,
+    neck_nose: bool = True,
 ) -> torch.Tensor:
     """The Pose ControlNet condition of every frame: (F, 3, H, W) float32 in [0, 1].
 
@@ -117,7 +130,7 @@ def pose_maps(
     """
     visible = keypoints.body_visible(threshold)
     frames = [
-        draw_skeleton(keypoints.body[f], visible[f], keypoints.size, head=head)
+        draw_skeleton(keypoints.body[f], visible[f], keypoints.size, head, neck_nose)
         for f in range(keypoints.num_frames)
     ]
     stacked = np.stack(frames).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
