@@ -359,3 +359,13 @@ def test_ablation_variant_reaches_the_samples_and_the_controlnet(data_dir, tmp_p
     assert load_svd_controlnet(tmp_path / "no_depth", False).config.control_variant == "no_depth"
     with pytest.raises(InputError, match="trained on the 'no_depth' control signal"):
         initial_controlnet(unet, tmp_path / "no_depth", False, seed=0, variant="full")
+
+
+def test_learning_rate_warms_up_then_stays_or_decays_by_cosine() -> None:
+    from anima.training import warmup_lr
+
+    assert [warmup_lr(1e-3, 10, s) for s in (1, 5, 10, 500)] == [1e-4, 5e-4, 1e-3, 1e-3]
+    decayed = [warmup_lr(1e-3, 10, s, 110, 1e-4) for s in range(1, 111)]
+    assert decayed[9] == pytest.approx(1e-3) and decayed[-1] == pytest.approx(1e-4)
+    assert decayed[59] == pytest.approx(5.5e-4)  # half way: the mean of the two
+    assert all(a >= b for a, b in zip(decayed[9:], decayed[10:], strict=False))

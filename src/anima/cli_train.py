@@ -36,6 +36,7 @@ _OPTION_OF = {
     "gradient_accumulation_steps": "--gradient-accumulation-steps",
     "lr": "--lr",
     "lr_warmup_steps": "--lr-warmup-steps",
+    "lr_min": "--lr-min",
     "size": "--height/--width",
     "num_frames": "--frames",
     "checkpoint_every": "--checkpoint-every",
@@ -75,6 +76,9 @@ def train_levitor_command(
     gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches a step.")] = 1,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-5).")] = 1e-5,
     lr_warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
+    lr_min: Annotated[
+        float | None, typer.Option(help="Cosine decay to this learning rate (else constant).")
+    ] = None,
     height: Annotated[int, typer.Option(help="Training height (multiple of 8).")] = 288,
     width: Annotated[int, typer.Option(help="Training width (multiple of 8).")] = 512,
     frames: Annotated[int, typer.Option(help="Frames per clip sample.")] = 16,
@@ -114,6 +118,7 @@ def train_levitor_command(
             gradient_accumulation_steps=gradient_accumulation_steps,
             lr=lr,
             lr_warmup_steps=lr_warmup_steps,
+            lr_min=lr_min,
             size=(height, width),
             num_frames=frames,
             checkpoint_every=checkpoint_every,

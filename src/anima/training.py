@@ -9,6 +9,7 @@ never leaves a half-written one that ``--resume latest`` would pick.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -38,9 +39,22 @@ def loss_history(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def warmup_lr(lr: float, warmup_steps: int, step: int) -> float:
-    """Learning rate of optimizer step ``step`` (1-based): linear warm-up, then constant."""
-    return lr if warmup_steps <= 0 else lr * min(1.0, step / warmup_steps)
+def warmup_lr(
+    lr: float,
+    warmup_steps: int,
+    step: int,
+    total_steps: int | None = None,
+    lr_min: float | None = None,
+) -> float:
+    """Learning rate of optimizer step ``step`` (1-based): linear warm-up, then constant, or,
+    with ``lr_min`` and ``total_steps``, a cosine from ``lr`` down to ``lr_min`` at the last
+    step."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * step / warmup_steps
+    if lr_min is None or total_steps is None or total_steps <= warmup_steps:
+        return lr
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * progress))
 
 
 def make_accelerator(out: Path, mixed_precision: str = "no") -> Any:

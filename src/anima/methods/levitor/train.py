@@ -116,6 +116,11 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate (paper: 1e-5).")
     lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0, in steps.")
+    lr_min: float | None = Field(
+        None,
+        gt=0,
+        description="Cosine decay to this learning rate at the last step (else constant).",
+    )
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_weight_decay: float = Field(1e-2, ge=0)
@@ -666,7 +671,7 @@ def train_levitor(
     micro_losses: list[Tensor] = []
     for index, batch in enumerate(loader, start=start * accumulation):
         micro = index % accumulation
-        lr = warmup_lr(config.lr, config.lr_warmup_steps, step + 1)
+        lr = warmup_lr(config.lr, config.lr_warmup_steps, step + 1, config.steps, config.lr_min)
         draws = StepNoise.draw(
             step_generator(config.seed, index, process, NOISE_STREAM),
             config.batch_size,
