@@ -31,9 +31,8 @@ IP-Adapter image tokens are not wired in yet.
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from diffusers import (
@@ -309,15 +308,12 @@ class XDynaPipeline(DiffusionPipeline):
         down, mid = residuals.window(frames)
         return self.unet_noise(branches, reference, t, text, down, mid)
 
-    def adapter_context(self) -> Any:
+    @contextmanager
+    def adapter_context(self) -> Iterator[None]:
         """The reference-frame machinery around UNet calls: the adapter's attention and the
         motion modules skipping frame 0."""
-        from contextlib import ExitStack
-
-        stack = ExitStack()
-        stack.enter_context(self.adapter.attach(self.unet))
-        stack.enter_context(skip_reference_in_motion_modules(self.unet))
-        return stack
+        with self.adapter.attach(self.unet), skip_reference_in_motion_modules(self.unet):
+            yield
 
     def decode(self, latents: Tensor, chunk: int = 8) -> Tensor:
         """(1, C, F, h, w) latents -> (F, 3, H, W) frames in [0, 1], ``chunk`` at a time."""
@@ -395,10 +391,3 @@ class XDynaPipeline(DiffusionPipeline):
         frames = self.decode(latents, decode_chunk_size)
         self.maybe_free_model_hooks()
         return frames
-
-
-def scaled_size(size: tuple[int, int], max_side: int, multiple: int = 8) -> tuple[int, int]:
-    """``size`` scaled so its longer side is at most ``max_side``, rounded down to multiples
-    of ``multiple`` (at least one multiple)."""
-    scale = min(1.0, max_side / max(size))
-    return tuple(max(multiple, int(math.floor(s * scale / multiple)) * multiple) for s in size)

@@ -247,7 +247,8 @@ def train_xdyna(
     trainables.train()
     params = [p for p in trainables.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.adam_weight_decay)
-    wrapped, optimizer = accelerator.prepare(trainables, optimizer)
+    # Prepared so that checkpoints hold the trained parts; the loss runs through the pipeline.
+    _, optimizer = accelerator.prepare(trainables, optimizer)
     start = 0
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
@@ -320,7 +321,6 @@ def train_xdyna(
                     prune_checkpoints(list_checkpoints(out), config.checkpoints_total_limit)
     progress.close()
     seconds = time.perf_counter() - began
-    del wrapped
     accelerator.wait_for_everyone()
     if is_main:
         _write_outputs(pipe, out, config.stage)
