@@ -14,12 +14,23 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import AfterValidator
 
 from anima.errors import InputError
 from anima.io import atomic_path
+
+
+def _multiple_of_8(size: tuple[int, int]) -> tuple[int, int]:
+    if min(size) < 8 or size[0] % 8 or size[1] % 8:
+        raise ValueError(f"height and width must be positive multiples of 8, got {size}")
+    return size
+
+
+#: A training config's (H, W): positive multiples of 8 (VAE and ControlNet stems downsample).
+TrainingSize = Annotated[tuple[int, int], AfterValidator(_multiple_of_8)]
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"

@@ -63,8 +63,10 @@ class _CaptureAttention(AttentionHook):
 
 
 class Capture(Hooks):
-    """Records features into ``store`` at ``counter.step`` on the ``steps`` given (see
-    `capture`)."""
+    """Record, at each model call, ``kinds`` (of ``q``, ``k``, ``v``, ``out``) of the attention
+    layers matched by ``layers`` and the output of the resnet blocks matched by ``resnets``
+    (kind ``resnet``), less those matched by ``exclude``, under ``(counter.step, layer, kind)``
+    in ``store``, on the ``steps`` given (all by default). Use as a context manager."""
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class Capture(Hooks):
         layers: Patterns | None = None,
         kinds: Sequence[str] = ("q", "k", "v"),
         resnets: Patterns | None = None,
+        *,
         exclude: Patterns | None = None,
         steps: Steps = None,
         counter: StepCounter | None = None,
@@ -114,19 +117,5 @@ class Capture(Hooks):
         return hook
 
 
-def capture(
-    model: nn.Module,
-    store: FeatureStore,
-    layers: Patterns | None = None,
-    kinds: Sequence[str] = ("q", "k", "v"),
-    resnets: Patterns | None = None,
-    *,
-    exclude: Patterns | None = None,
-    steps: Steps = None,
-    counter: StepCounter | None = None,
-) -> Capture:
-    """Record, at each model call, ``kinds`` (of ``q``, ``k``, ``v``, ``out``) of the attention
-    layers matched by ``layers`` and the output of the resnet blocks matched by ``resnets``
-    (kind ``resnet``), less those matched by ``exclude``, under ``(counter.step, layer, kind)``
-    in ``store``, on the ``steps`` given (all by default). Use as a context manager."""
-    return Capture(model, store, layers, kinds, resnets, exclude, steps, counter)
+#: The context-manager spelling of `Capture` (``with capture(model, ...):``).
+capture = Capture

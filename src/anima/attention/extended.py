@@ -85,7 +85,10 @@ class _ExtendedHook(AttentionHook):
 
 
 class ExtendedAttention(Hooks):
-    """Cross-frame self-attention on the selected layers (see `extended_attention`)."""
+    """Within the block, the spatial self-attention layers matched by ``layers`` (less
+    ``exclude``) let each frame attend to the K/V of its ``window`` of frames (``"all"``, a
+    sliding size, fixed indices or a function), restricted by ``shared`` / ``mask_fn``, on the
+    ``steps`` given. ``num_frames`` as in `anima.attention.frames`. Use as a context manager."""
 
     def __init__(
         self,
@@ -193,30 +196,5 @@ class ExtendedAttention(Hooks):
         return visible
 
 
-def extended_attention(
-    model: nn.Module,
-    layers: Patterns = SPATIAL_SELF,
-    *,
-    window: Window = "all",
-    num_frames: int | None = None,
-    shared: Tensor | None = None,
-    mask_fn: MaskFn | None = None,
-    exclude: Patterns | None = None,
-    steps: Steps = None,
-    counter: StepCounter | None = None,
-) -> ExtendedAttention:
-    """Within the block, the spatial self-attention layers matched by ``layers`` (less
-    ``exclude``) let each frame attend to the K/V of its ``window`` of frames (``"all"``, a
-    sliding size, fixed indices or a function), restricted by ``shared`` / ``mask_fn``, on the
-    ``steps`` given. ``num_frames`` as in `anima.attention.frames`. Use as a context manager."""
-    return ExtendedAttention(
-        model,
-        layers,
-        window=window,
-        num_frames=num_frames,
-        shared=shared,
-        mask_fn=mask_fn,
-        exclude=exclude,
-        steps=steps,
-        counter=counter,
-    )
+#: The context-manager spelling of `ExtendedAttention` (``with extended_attention(model, ...):``).
+extended_attention = ExtendedAttention

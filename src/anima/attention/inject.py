@@ -76,7 +76,10 @@ class _InjectAttention(AttentionHook):
 
 
 class Inject(Hooks):
-    """Replaces features with ``store``'s on the ``steps`` given (see `inject`)."""
+    """Replace ``kinds`` (of ``q``, ``k``, ``v``, ``out``) of the attention layers matched by
+    ``layers`` and the outputs of the resnets matched by ``resnets`` with ``store``'s, on the
+    ``steps`` given; ``cfg``, ``frames``, ``num_frames``, ``mask``, ``transform`` and
+    ``source_step`` as in this module's docstring. Use as a context manager."""
 
     def __init__(
         self,
@@ -267,40 +270,5 @@ class Inject(Hooks):
         return chosen.reshape(rows.shape[0], -1, 1)
 
 
-def inject(
-    model: nn.Module,
-    store: FeatureStore,
-    layers: Patterns | None = None,
-    kinds: Sequence[str] = ("q", "k"),
-    resnets: Patterns | None = None,
-    *,
-    exclude: Patterns | None = None,
-    steps: Steps = None,
-    counter: StepCounter | None = None,
-    source_step: int | Callable[[int], int] | None = None,
-    num_frames: int | None = None,
-    frames: Sequence[int] | None = None,
-    cfg: CFG = "none",
-    mask: Tensor | None = None,
-    transform: Transform | None = None,
-) -> Inject:
-    """Replace ``kinds`` (of ``q``, ``k``, ``v``, ``out``) of the attention layers matched by
-    ``layers`` and the outputs of the resnets matched by ``resnets`` with ``store``'s, on the
-    ``steps`` given; ``cfg``, ``frames``, ``num_frames``, ``mask``, ``transform`` and
-    ``source_step`` as in this module's docstring. Use as a context manager."""
-    return Inject(
-        model,
-        store,
-        layers,
-        kinds,
-        resnets,
-        exclude=exclude,
-        steps=steps,
-        counter=counter,
-        source_step=source_step,
-        num_frames=num_frames,
-        frames=frames,
-        cfg=cfg,
-        mask=mask,
-        transform=transform,
-    )
+#: The context-manager spelling of `Inject` (``with inject(model, ...):``).
+inject = Inject

@@ -28,6 +28,7 @@ exactly as before. Resnet hooks are ``register_forward_hook`` handles, removed t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -273,7 +274,7 @@ def attach(attn: Attention, layer: str, hook: AttentionHook) -> Callable[[], Non
     return detach
 
 
-class Hooks:
+class Hooks(ABC):
     """Base of the context managers: ``with hooks:`` (or `install` / `remove`) puts hooks on a
     model and takes them off, also when the block raises. ``counter`` is the `StepCounter` the
     hooks read (share one between a capture and an injection; ``hooks.step = i`` ticks it) and
@@ -331,8 +332,9 @@ class Hooks:
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
+    @abstractmethod
     def _install(self) -> None:
-        raise NotImplementedError
+        """Select the layers and attach this manager's hooks (each with its undo)."""
 
     # helpers for subclasses: every change registers its undo
 

@@ -66,7 +66,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -86,6 +86,7 @@ from anima.training import (
     CONFIG_FILE,
     LOG_FILE,
     STATE_FILE,
+    TrainingSize,
     checked_checkpoint,
     make_accelerator,
     prune_checkpoints,
@@ -126,7 +127,7 @@ class TrainConfig(BaseModel):
     adam_weight_decay: float = Field(1e-2, ge=0)
     adam_epsilon: float = Field(1e-8, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None: off.")
-    size: tuple[int, int] = Field((288, 512), description="(H, W), multiples of 8.")
+    size: TrainingSize = Field((288, 512), description="(H, W), multiples of 8.")
     num_frames: int = Field(16, ge=1)
     fps: int = Field(
         6, ge=1, description="Conditioning fps, as LeviTorPipeline's (the model receives fps-1)."
@@ -156,13 +157,6 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     quiet: bool = False
-
-    @field_validator("size")
-    @classmethod
-    def _multiple_of_8(cls, size: tuple[int, int]) -> tuple[int, int]:
-        if min(size) < 8 or size[0] % 8 or size[1] % 8:
-            raise ValueError(f"height and width must be positive multiples of 8, got {size}")
-        return size
 
 
 @dataclass

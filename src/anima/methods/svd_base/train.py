@@ -78,6 +78,7 @@ from anima.training import (
     CONFIG_FILE,
     LOG_FILE,
     STATE_FILE,
+    TrainingSize,
     checked_checkpoint,
     make_accelerator,
     prune_checkpoints,
@@ -116,7 +117,7 @@ class BaseTrainConfig(BaseModel):
     num_frames: int = Field(8, ge=1, description="Stage 2: frames per clip sample.")
     vae_batch_size: int = Field(16, ge=1, description="Stage 1: clips per process and step.")
     vae_frames: int = Field(2, ge=1, description="Stage 1: frames per clip sample.")
-    size: tuple[int, int] = Field((64, 64), description="(H, W), multiples of 8.")
+    size: TrainingSize = Field((64, 64), description="(H, W), multiples of 8.")
     kl_weight: float = Field(1e-4, ge=0, description="Weight of the per-element mean KL.")
     scale_samples: int = Field(32, ge=1, description="Clips the scaling factor is measured on.")
     fps: int = Field(6, ge=1, description="Conditioning fps (the model receives fps - 1).")
@@ -138,13 +139,6 @@ class BaseTrainConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     log_every: int = Field(10, ge=1)
     quiet: bool = False
-
-    @field_validator("size")
-    @classmethod
-    def _multiple_of_8(cls, size: tuple[int, int]) -> tuple[int, int]:
-        if min(size) < 8 or size[0] % 8 or size[1] % 8:
-            raise ValueError(f"height and width must be positive multiples of 8, got {size}")
-        return size
 
     @field_validator("vae_channels", "unet_channels")
     @classmethod

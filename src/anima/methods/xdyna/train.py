@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -49,6 +49,7 @@ from anima.training import (
     CONFIG_FILE,
     LOG_FILE,
     STATE_FILE,
+    TrainingSize,
     make_accelerator,
     prune_checkpoints,
     save_checkpoint,
@@ -77,7 +78,7 @@ class XDynaTrainConfig(BaseModel):
     lr_warmup_steps: int = Field(0, ge=0)
     adam_weight_decay: float = Field(1e-2, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    size: tuple[int, int] = Field((896, 512), description="(H, W), multiples of 8.")
+    size: TrainingSize = Field((896, 512), description="(H, W), multiples of 8.")
     num_frames: int = Field(16, ge=1, description="Generated frames a sample (paper: 16).")
     scene_prob: float = Field(
         0.5, ge=0, le=1, description="Share of scene clips with blank conditions (fusion)."
@@ -88,13 +89,6 @@ class XDynaTrainConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     log_every: int = Field(10, ge=1)
     quiet: bool = False
-
-    @field_validator("size")
-    @classmethod
-    def _multiple_of_8(cls, size: tuple[int, int]) -> tuple[int, int]:
-        if min(size) < 8 or size[0] % 8 or size[1] % 8:
-            raise ValueError(f"height and width must be positive multiples of 8, got {size}")
-        return size
 
 
 @dataclass
