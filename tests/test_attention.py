@@ -8,6 +8,8 @@ the frozen UNet (X-Dyna §3.2); nested managers compose and unwind.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -196,16 +198,20 @@ def hook_factories(unet):
     weights = ReferenceWeights.from_model(unet)
     for w in weights.layers.values():
         torch.nn.init.normal_(w.to_out.weight, std=0.1)
+    reference = captured(unet, inputs(batch=1, seed=2), layers=SPATIAL_SELF, kinds="kv")
     return {
         "capture": lambda: capture(unet, FeatureStore(), "*", kinds="qkv", resnets="*"),
         "inject": lambda: inject(unet, store, SPATIAL_SELF, kinds="qk", resnets="up_blocks.*"),
         "extended": lambda: extended_attention(unet, num_frames=FRAMES),
         "reference_kv": lambda: reference_kv(unet, num_frames=FRAMES),
         "adapter": lambda: reference_kv(unet, weights=weights, num_frames=FRAMES),
+        "recorded": lambda: reference_kv(unet, recorded=reference, num_frames=FRAMES),
     }
 
 
-@pytest.mark.parametrize("name", ["capture", "inject", "extended", "reference_kv", "adapter"])
+@pytest.mark.parametrize(
+    "name", ["capture", "inject", "extended", "reference_kv", "adapter", "recorded"]
+)
 def test_removed_hooks_leave_no_trace(unet, name):
     kwargs = inputs()
     before, plain = processors(unet), run(unet, kwargs)
@@ -522,6 +528,63 @@ def test_reference_kv_without_weights(unet):
     torch.testing.assert_close(both[0::2], plain[0::2], rtol=0, atol=1e-5)
     assert (both[1::2] - plain[1::2]).abs().max() > 1e-3
     assert (both[1::2] - first[1::2]).abs().max() > 1e-3
+
+
+def _recorded(unet, kwargs: dict, layers, adapter=None) -> FeatureStore:
+    """K/V of a pass over ``kwargs`` (the references alone), with ``adapter`` hooks on it."""
+    store = FeatureStore()
+    with contextlib.ExitStack() as stack:
+        if adapter is not None:
+            stack.enter_context(adapter())
+        stack.enter_context(capture(unet, store, layers, kinds=("k", "v")))
+        run(unet, kwargs)
+    return store
+
+
+def _rows(kwargs: dict, rows: list[int]) -> dict:
+    return {k: v[rows] if k != "timestep" else v for k, v in kwargs.items()}
+
+
+@pytest.mark.parametrize("mode", ["adapter", "adapter_on_reference", "replace", "keep_self"])
+def test_recorded_reference_equals_the_in_pass_reference(unet, mode):
+    """Two videos of 3 frames, frame 0 the reference: recording its K/V in a pass of its own
+    and running frames 1-2 alone gives them what the in-pass layout gives (X-Dyna §3.2)."""
+    kwargs = inputs(batch=6, seed=3)
+    references, frames = [0, 3], [1, 2, 4, 5]
+    weights = None
+    if mode.startswith("adapter"):
+        weights = ReferenceWeights.from_model(unet)
+        with torch.no_grad():
+            for w in weights.layers.values():
+                w.to_out.weight.normal_(std=0.2)
+                w.to_q.weight.add_(torch.randn_like(w.to_q.weight), alpha=0.1)
+    options = {"weights": weights, "keep_self": mode == "keep_self"}
+    on_reference = mode == "adapter_on_reference"
+    with reference_kv(unet, num_frames=3, apply_to_reference=on_reference, **options):
+        in_pass = run(unet, kwargs)
+    layers = list(weights) if weights is not None else SPATIAL_SELF
+
+    def itself():  # the in-pass reference's own treatment: each one-frame video its reference
+        return reference_kv(unet, weights=weights, num_frames=1, apply_to_reference=True)
+
+    store = _recorded(unet, _rows(kwargs, references), layers, itself if on_reference else None)
+    assert store.kinds() == ["k", "v"] and store.at(0, store.layers()[0], "k").shape[0] == 2
+    with reference_kv(unet, recorded=store, num_frames=2, **options):
+        alone = run(unet, _rows(kwargs, frames))
+    torch.testing.assert_close(alone, in_pass[frames], rtol=0, atol=1e-5)
+    assert (in_pass[frames] - run(unet, _rows(kwargs, frames))).abs().max() > 1e-3
+
+    # one recorded reference serves every video of the pass
+    shared = _recorded(unet, _rows(kwargs, [0]), layers, itself if on_reference else None)
+    with reference_kv(unet, recorded=shared, num_frames=2, **options):
+        torch.testing.assert_close(run(unet, _rows(kwargs, [1, 2])), alone[:2], rtol=0, atol=1e-5)
+        assert (run(unet, _rows(kwargs, frames))[2:] - alone[2:]).abs().max() > 1e-3
+    # a recorded reference is no frame of the pass; its rows must match the pass's videos
+    with pytest.raises(ValueError, match="no frame of the pass"):
+        reference_kv(unet, recorded=store, apply_to_reference=True, weights=weights)
+    with reference_kv(unet, recorded=store, num_frames=1, **options):
+        with pytest.raises(ValueError, match="2 recorded references for a pass of 4"):
+            run(unet, _rows(kwargs, frames))
 
 
 # composition

@@ -11,7 +11,8 @@ original processors exactly; managers nest and compose on the same layers.
 - `inject` replays them (masked, on a step range, with explicit CFG/frame batch mapping);
 - `extended_attention` lets each frame attend to a window of frames' K/V;
 - `reference_kv` attends to a reference frame's K/V, optionally through X-Dyna's trainable
-  `ReferenceAttentionWeights` (owned by the caller, e.g. as a `ReferenceWeights` module).
+  `ReferenceAttentionWeights` (owned by the caller, e.g. as a `ReferenceWeights` module); the
+  reference is a frame of the same pass or its K/V recorded by `capture` in a pass of its own.
 
 Layers are named as in ``model.attn_processors`` (without ``.processor``) and selected with
 `anima.attention.layers` patterns (`SPATIAL_SELF`, `CROSS`, `TEMPORAL`); the frame layout and
@@ -37,6 +38,7 @@ from anima.attention.layers import (
 )
 from anima.attention.processor import AttentionCall, AttentionHook, HookedAttnProcessor, Hooks
 from anima.attention.reference import (
+    RecordedKV,
     ReferenceAttention,
     ReferenceAttentionWeights,
     ReferenceWeights,
@@ -58,6 +60,7 @@ __all__ = [
     "Hooks",
     "Inject",
     "MaskFn",
+    "RecordedKV",
     "ReferenceAttention",
     "ReferenceAttentionWeights",
     "ReferenceWeights",

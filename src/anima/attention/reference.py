@@ -17,6 +17,28 @@ per video as described in `anima.attention.frames`; under CFG each half's refere
 Without weights, `reference_kv` makes every frame attend to the reference's K/V instead of its
 own (AnyI2V: all frames use frame 0's K/V), or to both (``keep_self=True``): extended attention
 with a window of the reference frame.
+
+A recorded reference (``recorded``, either mode): the reference's path through the spatial
+layers does not depend on the other frames (the layers are per frame, and the reference attends
+only to itself), so instead of riding along as a frame of every pass it can go through the model
+once, alone, while `anima.attention.capture` records the ``k``/``v`` (the frozen ``to_k``/
+``to_v`` outputs) of the layers; passes that hold only the other frames then read ``K_R``/``V_R``
+from that `FeatureStore` (at the hooks' ``counter.step``), and every frame of such a pass is a
+target. One recorded row per video of the pass (e.g. per CFG branch), or one row for all::
+
+    store = FeatureStore()
+    with capture(unet, store, SPATIAL_SELF, kinds=("k", "v")):
+        unet(reference, t, text)  # (videos, C, 1, h, w): the reference alone
+    with reference_kv(unet, weights=weights, recorded=store):
+        unet(frames, t, text)  # (videos, C, F, h, w): the generated frames only
+
+equals the in-pass layout on ``[reference, frames]`` for the frames, up to float rounding, if
+the recording pass treats the reference as the in-pass one does: with ``apply_to_reference``,
+record inside ``reference_kv(unet, weights=weights, num_frames=1, apply_to_reference=True)``
+(each one-frame video its own reference), and nothing may mix frames (X-Dyna's pipeline
+bypasses its motion modules there, as they skip the reference in the in-pass layout). Saves a
+frame per pass wherever one reference serves several passes (sliding windows, X-Dyna §3.2 with
+`anima.sampling.windows`).
 """
 
 from __future__ import annotations
@@ -32,7 +54,7 @@ from anima.attention.extended import ExtendedAttention, check_spatial_self
 from anima.attention.frames import frame_count, frame_index, groups
 from anima.attention.layers import SPATIAL_SELF, Patterns, all_attention_layers, attention_layers
 from anima.attention.processor import AttentionCall, AttentionHook, Hooks
-from anima.attention.store import StepCounter, Steps
+from anima.attention.store import FeatureStore, StepCounter, Steps
 
 
 class ReferenceAttentionWeights(nn.Module):
@@ -139,8 +161,33 @@ class _ReferenceHook(AttentionHook):
         return hidden_states + self.owner.branch(call, self.weights, hidden_states)
 
 
+def recorded_kv(
+    store: FeatureStore, step: int, call: AttentionCall, videos: int
+) -> tuple[Tensor, Tensor]:
+    """``K_R``, ``V_R`` of ``call``'s layer recorded in ``store`` at ``step`` (the ``k``/``v``
+    of a `capture` over the reference alone), split into heads as the layer's own keys and
+    values are (``norm_k`` included): (videos, heads, N_R, head_dim) each, one row a video."""
+    assert call.key is not None
+    heads, dim = call.key.shape[1], call.key.shape[-1]
+
+    def split(kind: str) -> Tensor:
+        recorded = store.at(step, call.layer, kind).to(call.key.device, call.key.dtype)
+        return recorded.reshape(recorded.shape[0], -1, heads, dim).transpose(1, 2)
+
+    key, value = split("k"), split("v")
+    if key.shape[0] not in (1, videos):
+        raise ValueError(
+            f"{call.layer}: {key.shape[0]} recorded references for a pass of {videos} videos "
+            "(record one per video, or one for all)"
+        )
+    if call.attn.norm_k is not None:
+        key = call.attn.norm_k(key)
+    return key.expand(videos, -1, -1, -1), value.expand(videos, -1, -1, -1)
+
+
 class ReferenceAttention(Hooks):
-    """X-Dyna's Dynamics-Adapter branch on the layers ``weights`` names (see `reference_kv`)."""
+    """X-Dyna's Dynamics-Adapter branch on the layers ``weights`` names (see `reference_kv`);
+    the reference is frame ``reference`` of each video, or ``recorded``."""
 
     def __init__(
         self,
@@ -149,6 +196,7 @@ class ReferenceAttention(Hooks):
         layers: Patterns | None = None,
         *,
         reference: int = 0,
+        recorded: FeatureStore | None = None,
         num_frames: int | None = None,
         apply_to_reference: bool = False,
         exclude: Patterns | None = None,
@@ -160,6 +208,7 @@ class ReferenceAttention(Hooks):
         self.layers = layers
         self.exclude = exclude
         self.reference = reference
+        self.recorded = recorded
         self.num_frames = num_frames
         self.apply_to_reference = apply_to_reference
 
@@ -182,26 +231,48 @@ class ReferenceAttention(Hooks):
         for name, attn in layers.items():
             self._attach(name, attn, _ReferenceHook(self, name, self.weights[name]))
 
+    def targets(self, num_frames: int) -> list[int]:
+        """The frames that get the branch: all but an in-pass reference (unless
+        ``apply_to_reference``); every frame when the reference is ``recorded``."""
+        if self.recorded is not None:
+            return list(range(num_frames))
+        reference = frame_index(self.reference, num_frames)
+        return [f for f in range(num_frames) if self.apply_to_reference or f != reference]
+
+    def reference_key_value(
+        self, call: AttentionCall, videos: int, num_frames: int
+    ) -> tuple[Tensor, Tensor]:
+        """``K_R``, ``V_R`` (videos, heads, N_R, head_dim): the reference frame's own keys and
+        values in this pass, or the recorded ones."""
+        if self.recorded is not None:
+            return recorded_kv(self.recorded, self.counter.step, call, videos)
+        assert call.key is not None and call.value is not None
+        _, heads, _, dim = call.key.shape
+        reference = frame_index(self.reference, num_frames)
+        key = call.key.reshape(videos, num_frames, heads, -1, dim)[:, reference]
+        value = call.value.reshape(videos, num_frames, heads, -1, dim)[:, reference]
+        return key, value
+
     def branch(self, call: AttentionCall, weights: nn.Module, hidden_states: Tensor) -> Tensor:
-        """``A'_i W'_O`` (Eq. 2-3) for every frame but the reference, zero for the reference."""
-        assert call.key is not None and call.value is not None and call.hidden_states is not None
+        """``A'_i W'_O`` (Eq. 2-3) for the `targets`, zero for an in-pass reference."""
+        assert call.key is not None and call.hidden_states is not None
         batch, heads, _, dim = call.key.shape
         num_frames = frame_count(self.num_frames, self.watcher)
         videos = groups(batch, num_frames)
-        reference = frame_index(self.reference, num_frames)
-        targets = [f for f in range(num_frames) if self.apply_to_reference or f != reference]
+        targets = self.targets(num_frames)
         if not targets:
             return torch.zeros_like(hidden_states)
         inputs = call.hidden_states
         tokens = inputs.shape[1]
-        inputs = inputs.reshape(videos, num_frames, tokens, -1)[:, targets]
+        inputs = inputs.reshape(videos, num_frames, tokens, -1)
+        if len(targets) < num_frames:
+            inputs = inputs[:, targets]
         dtype = weights.to_q.weight.dtype
         query = weights.to_q(inputs.to(dtype))  # (videos, T, N, inner): Q'_i
         query = query.reshape(videos, -1, heads, dim).transpose(1, 2)
         if call.attn.norm_q is not None:
             query = call.attn.norm_q(query)
-        key = call.key.reshape(videos, num_frames, heads, -1, dim)[:, reference]  # K_R
-        value = call.value.reshape(videos, num_frames, heads, -1, dim)[:, reference]  # V_R
+        key, value = self.reference_key_value(call, videos, num_frames)  # K_R, V_R
         attended = F.scaled_dot_product_attention(
             query, key.to(query.dtype), value.to(query.dtype), dropout_p=0.0, is_causal=False
         )  # A'_i, all target frames of a video at once: they share K_R, V_R
@@ -223,12 +294,84 @@ def _self_and(reference: int) -> Callable[[int, int], list[int]]:
     return window
 
 
+class _RecordedKVHook(AttentionHook):
+    may_edit = True
+    attends = True
+
+    def __init__(self, owner: RecordedKV) -> None:
+        self.owner = owner
+
+    def edits(self, call: AttentionCall) -> bool:
+        return self.owner.active()
+
+    def attend(
+        self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None
+    ) -> Tensor | None:
+        if not self.owner.active():
+            return None
+        if mask is not None:
+            raise ValueError(f"{call.layer}: reference K/V take no attention_mask")
+        return self.owner.attend(call, query, key, value)
+
+
+class RecordedKV(Hooks):
+    """Every frame attends to the reference K/V ``recorded`` instead of its own, or to both
+    (``keep_self``), on the spatial self-attention ``layers`` (see `reference_kv`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        recorded: FeatureStore,
+        layers: Patterns = SPATIAL_SELF,
+        *,
+        keep_self: bool = False,
+        num_frames: int | None = None,
+        exclude: Patterns | None = None,
+        steps: Steps = None,
+        counter: StepCounter | None = None,
+    ) -> None:
+        super().__init__(model, counter, steps)
+        self.recorded = recorded
+        self.layers = layers
+        self.keep_self = keep_self
+        self.num_frames = num_frames
+        self.exclude = exclude
+
+    def _install(self) -> None:
+        layers = attention_layers(self.model, self.layers, self.exclude)
+        if not layers:
+            raise ValueError(f"no attention layer matches {self.layers!r}")
+        check_spatial_self(layers)
+        self._watch_inputs()
+        for name, attn in layers.items():
+            self._attach(name, attn, _RecordedKVHook(self))
+
+    def attend(self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """Each frame's queries over ``[K_R]`` (or ``[K_R, own K]``) and the values alike."""
+        batch, heads, tokens, dim = query.shape
+        num_frames = frame_count(self.num_frames, self.watcher)
+        videos = groups(batch, num_frames)
+        ref_key, ref_value = recorded_kv(self.recorded, self.counter.step, call, videos)
+        if self.keep_self:  # the in-pass window [reference, frame]: the reference's keys first
+            key = torch.cat([ref_key.repeat_interleave(num_frames, dim=0), key], dim=2)
+            value = torch.cat([ref_value.repeat_interleave(num_frames, dim=0), value], dim=2)
+            return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0)
+        # one reference for all frames of a video: their queries attend at once
+        grouped = query.reshape(videos, num_frames, heads, tokens, dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            grouped.reshape(videos, heads, -1, dim), ref_key, ref_value, dropout_p=0.0
+        )
+        out = out.reshape(videos, heads, num_frames, tokens, dim).transpose(1, 2)
+        return out.reshape(batch, heads, tokens, dim)
+
+
 def reference_kv(
     model: nn.Module,
     layers: Patterns | None = None,
     *,
     weights: Mapping[str, nn.Module] | None = None,
     reference: int = 0,
+    recorded: FeatureStore | None = None,
     keep_self: bool = False,
     num_frames: int | None = None,
     apply_to_reference: bool = False,
@@ -236,7 +379,10 @@ def reference_kv(
     steps: Steps = None,
     counter: StepCounter | None = None,
 ) -> Hooks:
-    """Let each frame attend to the K/V of frame ``reference`` (of each video).
+    """Let each frame attend to the K/V of frame ``reference`` (of each video), or to those
+    ``recorded`` (a `FeatureStore` of a `capture` of ``k``/``v`` over the reference alone, read
+    at ``counter.step``; then the pass holds no reference frame, every frame is a target, and
+    ``reference``/``apply_to_reference`` do not apply; see the module docstring).
 
     With ``weights`` (layer name -> `ReferenceAttentionWeights`, e.g. a `ReferenceWeights`):
     X-Dyna's adapter branch added to the plain attention on those layers (or on the ``layers``
@@ -244,6 +390,22 @@ def reference_kv(
     ``apply_to_reference``. Without: the reference's K/V replace each frame's own (or join them,
     ``keep_self``) on the spatial self-attention ``layers`` (`SPATIAL_SELF` by default). Use as a
     context manager; ``num_frames`` as in `anima.attention.frames`."""
+    if recorded is not None and (reference != 0 or apply_to_reference):
+        raise ValueError(
+            "a recorded reference is no frame of the pass: reference and apply_to_reference "
+            "do not apply (record the reference as the in-pass layout treats it)"
+        )
+    if weights is None and recorded is not None:
+        return RecordedKV(
+            model,
+            recorded,
+            SPATIAL_SELF if layers is None else layers,
+            keep_self=keep_self,
+            num_frames=num_frames,
+            exclude=exclude,
+            steps=steps,
+            counter=counter,
+        )
     if weights is None:
         return ExtendedAttention(
             model,
@@ -259,6 +421,7 @@ def reference_kv(
         weights,
         layers,
         reference=reference,
+        recorded=recorded,
         num_frames=num_frames,
         apply_to_reference=apply_to_reference,
         exclude=exclude,

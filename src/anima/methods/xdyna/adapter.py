@@ -10,6 +10,12 @@ adapter is a pure attention hook (`anima.attention.reference_kv`) and the UNet s
 The adapter also acts on the reference frame itself, as the authors' release does (its branch
 runs for all frames, frame 0 included); with ``W'_O = 0`` it changes nothing at all.
 
+Since the reference frame's path depends on nothing else in the pass, it can also go through
+the UNet alone: `DynamicsAdapter.record` records, at every adapter layer, the frozen ``to_k``/
+``to_v`` of its hidden states (``K_R``, ``V_R``), and `DynamicsAdapter.attach` with
+``recorded`` lets passes of generated frames only read them (the sampler's default: one
+reference pass per denoising step instead of a reference frame in every window).
+
 Saved with ``save_pretrained`` (safetensors); parameters are named
 ``weights.layers.<layer, '.' as '-'>.{to_q,to_out}.*``. The release names them
 ``<layer>.to_q_ff.weight`` and ``<layer>.to_out_ff.{weight,bias}`` inside its UNet checkpoint
@@ -18,7 +24,8 @@ Saved with ``save_pretrained`` (safetensors); parameters are named
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -27,9 +34,11 @@ from torch import nn
 from anima.attention import (
     SPATIAL_SELF,
     TEMPORAL,
+    FeatureStore,
     ReferenceAttentionWeights,
     ReferenceWeights,
     attention_layers,
+    capture,
     reference_kv,
 )
 
@@ -88,10 +97,20 @@ class DynamicsAdapter(ModelMixin, ConfigMixin):
             adapter.to(device=device, dtype=dtype)
         return adapter
 
-    def attach(self, unet: nn.Module, num_frames: int | None = None) -> AbstractContextManager:
+    def attach(
+        self,
+        unet: nn.Module,
+        num_frames: int | None = None,
+        recorded: FeatureStore | None = None,
+    ) -> AbstractContextManager:
         """Context manager that runs the adapter inside ``unet``'s forward passes; the reference
         is frame `REFERENCE_FRAME` of each video (``num_frames`` frames, read from the UNet's
-        input when None)."""
+        input when None) or, given ``recorded`` (from `record`), no frame of the pass: every
+        frame reads the recorded ``K_R``/``V_R`` (§3.2, Eq. 2)."""
+        if recorded is not None:
+            return reference_kv(
+                unet, weights=self.weights, recorded=recorded, num_frames=num_frames
+            )
         return reference_kv(
             unet,
             weights=self.weights,
@@ -99,3 +118,15 @@ class DynamicsAdapter(ModelMixin, ConfigMixin):
             num_frames=num_frames,
             apply_to_reference=True,
         )
+
+    @contextmanager
+    def record(self, unet: nn.Module, store: FeatureStore) -> Iterator[None]:
+        """Inside the block, ``unet`` passes of one-frame videos, each a reference, run the
+        adapter on it as the in-pass layout does (its branch over itself) and record in
+        ``store`` what `attach` with ``recorded=store`` reads: the ``k``/``v`` (frozen ``to_k``/
+        ``to_v`` of its hidden states) of every adapter layer (§3.2)."""
+        with (
+            self.attach(unet, num_frames=1),
+            capture(unet, store, list(self.weights), kinds=("k", "v")),
+        ):
+            yield

@@ -6,15 +6,24 @@ skeleton without head) and an optional S-Face `ControlNetModel` (6 channels: eye
 patches + face crop, §3.3) whose residuals are summed, a `DDIMScheduler` with linear betas
 0.00085-0.012, SD's VAE, CLIP text encoder and tokenizer.
 
-One UNet pass holds, for each video, the clean reference latent as frame 0 followed by the
-generated frames of a window (`anima.methods.xdyna.reference_frame`): the adapter reads the
-reference's keys and values, the motion modules skip it, the ControlNets give it zero
-residuals, and it receives the same timestep as the other frames (as the release does) but is
-never noised or stepped.
+The model's layout (training, `predict_noise`; `anima.methods.xdyna.reference_frame`): one
+UNet pass holds, for each video, the clean reference latent as frame 0 followed by the
+generated frames: the adapter reads the reference's keys and values, the motion modules skip
+it, the ControlNets give it zero residuals, and it receives the same timestep as the other
+frames (as the release does) but is never noised or stepped. Nothing in the reference's own path
+depends on the other frames (spatial layers are per frame, the adapter branch on it reads its
+own keys and values, the motion modules and ControlNets leave it alone), so the sampler runs it
+once per denoising step and CFG branch, alone (`reference_features`, motion modules bypassed,
+no residuals), records ``K_R``/``V_R`` at every adapter layer, and runs each window on its
+generated frames only, the adapter reading the recorded reference (`DynamicsAdapter.attach`
+with ``recorded``): the same prediction up to float rounding, one frame a step instead of one
+a window (``cache_reference=False`` runs the model's layout in every window, for checking).
 
 Sampling (§4.1 and the release's defaults): DDIM, 25 steps, eta 0, CFG 7.5 (the unconditional
 branch differs by the negative prompt only: both keep the reference and the ControlNet images,
-as in the release). Videos of any length are sampled in sliding windows of 16 frames with
+as in the release; so when the prompt and the negative prompt are equal, the default with both
+empty, ``uncond + g * (cond - uncond)`` is ``cond`` and the unconditional branch is skipped, as
+with ``guidance_scale`` 1). Videos of any length are sampled in sliding windows of 16 frames with
 overlap 4 whose noise predictions are averaged (`anima.sampling.windows`); the release instead
 wraps its windows around the clip and shifts them by a random offset every step, which makes
 its sampling depend on Python's unseeded ``random``. The initial latents are the reference
@@ -47,8 +56,10 @@ from torch import Tensor
 from torch.nn import functional as F
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from anima.attention import FeatureStore
 from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.methods.xdyna.reference_frame import (
+    bypass_motion_modules,
     skip_reference_in_motion_modules,
     with_reference_residuals,
 )
@@ -293,20 +304,77 @@ class XDynaPipeline(DiffusionPipeline):
         down, mid = self.control_residuals(latents, t, text, pose, face, pose_scale, face_scale)
         return self.unet_noise(latents, reference, t, text, down, mid)
 
+    def reference_features(self, reference: Tensor, t: Tensor, text: Tensor) -> FeatureStore:
+        """One UNet pass on the reference alone, a one-frame video per branch of ``text``
+        (B, 77, D), treated as frame 0 of the model's layout is (the adapter over itself,
+        motion modules bypassed, no ControlNet residuals): the ``K_R``/``V_R`` of every adapter
+        layer (§3.2, Eq. 2), for `frames_noise`. (The UNet's output is not needed; the layers
+        after the last adapter layer still run.)"""
+        store = FeatureStore()
+        sample = reference[:, :, None].expand(text.shape[0], -1, -1, -1, -1)
+        with self.adapter.record(self.unet, store), bypass_motion_modules(self.unet):
+            self.unet(sample, t, encoder_hidden_states=text, return_dict=False)
+        return store
+
+    def frames_noise(
+        self, latents: Tensor, t: Tensor, text: Tensor, down: list[Tensor], mid: Tensor
+    ) -> Tensor:
+        """Noise prediction (B, C, F, h, w) of the UNet on the generated frames alone, given
+        their ControlNet residuals; the reference is the one the adapter reads: run inside
+        ``adapter.attach(unet, recorded=reference_features(...))``."""
+        hidden = text.repeat_interleave(latents.shape[2], dim=0)
+        return self.unet(
+            latents,
+            t,
+            encoder_hidden_states=hidden,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
+
     def window_noise(
         self,
         frames: range,
+        latents: Tensor,
+        t: Tensor,
+        text: Tensor,
+        residuals: WindowResiduals,
+        reference: Tensor | None = None,
+    ) -> Tensor:
+        """Noise prediction of the ``frames`` of the whole video's (1, C, F, h, w) latents, for
+        every branch of ``text``, with residuals from ``residuals``: `unet_noise` with
+        ``reference`` as frame 0, or `frames_noise` (None: the adapter reads a recorded one)."""
+        branches = latents[:, :, frames.start : frames.stop].expand(text.shape[0], -1, -1, -1, -1)
+        down, mid = residuals.window(frames)
+        if reference is None:
+            return self.frames_noise(branches, t, text, down, mid)
+        return self.unet_noise(branches, reference, t, text, down, mid)
+
+    def step_noise(
+        self,
+        windows: list[range],
         latents: Tensor,
         reference: Tensor,
         t: Tensor,
         text: Tensor,
         residuals: WindowResiduals,
+        cache_reference: bool = True,
     ) -> Tensor:
-        """`unet_noise` on the ``frames`` of the whole video's (1, C, F, h, w) latents, for
-        every branch of ``text``, with residuals from ``residuals``."""
-        branches = latents[:, :, frames.start : frames.stop].expand(text.shape[0], -1, -1, -1, -1)
-        down, mid = residuals.window(frames)
-        return self.unet_noise(branches, reference, t, text, down, mid)
+        """Noise prediction (B, C, F, h, w) of one denoising step, for every branch of
+        ``text``: the ``windows``' predictions averaged per frame. With ``cache_reference`` the
+        reference goes through the UNet once (`reference_features`) and each window holds its
+        generated frames only; else the reference is frame 0 of every window's pass."""
+        predict = functools.partial(
+            self.window_noise, latents=latents, t=t, text=text, residuals=residuals
+        )
+        num_frames = latents.shape[2]
+        if not cache_reference:
+            with self.adapter_context():
+                in_pass = functools.partial(predict, reference=reference)
+                return windowed_prediction(in_pass, windows, num_frames, frame_dim=2)
+        recorded = self.reference_features(reference, t, text)
+        with self.adapter.attach(self.unet, recorded=recorded):
+            return windowed_prediction(predict, windows, num_frames, frame_dim=2)
 
     @contextmanager
     def adapter_context(self) -> Iterator[None]:
@@ -343,10 +411,20 @@ class XDynaPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         decode_chunk_size: int = 8,
         on_step: StepCallback | None = None,
+        cache_reference: bool = True,
     ) -> Tensor:
         """Animate ``image`` (3, H, W) in [0, 1] with ``pose_images`` (F, 3, H, W) and
         optional ``face_images`` (F, 6, H, W), both in [0, 1] at the image's size (H and W
-        multiples of 8). Returns the F generated frames (F, 3, H, W) in [0, 1]."""
+        multiples of 8). Returns the F generated frames (F, 3, H, W) in [0, 1].
+
+        Classifier-free guidance runs when ``guidance_scale > 1`` and ``prompt`` differs from
+        ``negative_prompt``: the two branches differ by the prompt only, so with equal prompts
+        (the default, both empty) the guided prediction is the conditional one and a single
+        branch runs, exactly as with ``guidance_scale=1``. ``cache_reference`` (default) runs
+        the reference through the UNet once per step and branch and the windows on their
+        generated frames only (see the module docstring); False puts it in front of every
+        window as in training (`predict_noise`): the same video up to float rounding, slower,
+        for checking."""
         height, width = image.shape[-2:]
         num_frames = pose_images.shape[0]
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
@@ -356,7 +434,7 @@ class XDynaPipeline(DiffusionPipeline):
         if face_images is not None and tuple(face_images.shape) != (num_frames, 6, height, width):
             raise ValueError(f"face images must be ({num_frames}, 6, {height}, {width})")
         device = self._execution_device
-        cfg = guidance_scale > 1.0
+        cfg = guidance_scale > 1.0 and prompt != negative_prompt
         text = self.encode_prompt([negative_prompt, prompt] if cfg else [prompt])
         pose = pose_images.to(device)
         face = None if face_images is None else face_images.to(device)
@@ -367,20 +445,14 @@ class XDynaPipeline(DiffusionPipeline):
         windows = sliding_windows(num_frames, window, overlap)
         timesteps = self.scheduler.timesteps
 
-        with self.adapter_context(), self.progress_bar(total=len(timesteps)) as progress:
+        with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 residuals = WindowResiduals(
                     self, latents, t, text, pose, face, pose_scale, face_scale
                 )
-                predict = functools.partial(
-                    self.window_noise,
-                    latents=latents,
-                    reference=reference,
-                    t=t,
-                    text=text,
-                    residuals=residuals,
+                noise = self.step_noise(
+                    windows, latents, reference, t, text, residuals, cache_reference
                 )
-                noise = windowed_prediction(predict, windows, num_frames, frame_dim=2)
                 if cfg:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + guidance_scale * (cond - uncond)
