@@ -12,10 +12,14 @@ from diffusers import ControlNetModel, MotionAdapter, StableDiffusionPipeline
 
 from anima.cli import main
 from anima.methods.xdyna.adapter import DynamicsAdapter
+from anima.methods.xdyna.convert import release_ip_names
 from anima.methods.xdyna.loading import load_xdyna_components
-from anima.models.tiny import seeded
+from anima.methods.xdyna.pipeline import XDynaPipeline
+from anima.models.ip_adapter import IMAGE_PROJ, IP_ADAPTER, ip_processors, read_ip_adapter
+from anima.models.tiny import seeded, tiny_clip_image_encoder
 from anima.models.tiny_sd import (
     TINY_BLOCK_CHANNELS,
+    tiny_ip_adapter_state,
     tiny_sd_unet,
     tiny_sd_vae,
     tiny_text_encoder,
@@ -109,12 +113,19 @@ class Release:
         self.adapter = randomised(DynamicsAdapter.from_unet(self.unet), 2)
         self.pose = randomised(ControlNetModel.from_unet(self.unet, conditioning_channels=3), 3)
         self.face = randomised(ControlNetModel.from_unet(self.unet, conditioning_channels=6), 4)
+        # IP-Adapter's own checkpoint (image_proj + its to_k_ip/to_v_ip), and the release UNet's
+        # to_k_ip/to_v_ip (other values: the ones the release runs)
+        self.ip_adapter = tiny_ip_adapter_state(self.unet, image_features=32, seed=5)
+        ip_names = release_ip_names(self.unet)
+        self.ip_unet = {
+            ip_names[key]: torch.randn(value.shape, generator=torch.Generator().manual_seed(6))
+            for key, value in self.ip_adapter[IP_ADAPTER].items()
+        }
         self.unet_state = {
             **{k: v.clone() for k, v in self.unet.state_dict().items()},
             **release_motion_keys(self.motion),
             **release_adapter_keys(self.adapter),
-            IP_KEY: torch.randn(64, 32),
-            IP_KEY.replace("to_k_ip", "to_v_ip"): torch.randn(64, 32),
+            **self.ip_unet,
         }
         self.pose_state = {k: v.clone() for k, v in self.pose.state_dict().items()}
         self.face_state = {k: v.clone() for k, v in self.face.state_dict().items()}
@@ -130,10 +141,16 @@ class Release:
             torch.save(state, path)
         return path
 
-    def convert(self, out: Path, *, unet=None, pose=None, face=None, pickle=True) -> int:
+    def convert(self, out: Path, *, unet=None, pose=None, face=None, ip=None, pickle=True) -> int:
         argv = ["weights", "convert", "xdyna", "--sd15", str(self.root / "weights" / "sd15")]
         argv += ["--out", str(out)]
-        for option, path in (("--unet", unet), ("--controlnet", pose), ("--face-controlnet", face)):
+        options = (
+            ("--unet", unet),
+            ("--controlnet", pose),
+            ("--face-controlnet", face),
+            ("--ip-adapter", ip),
+        )
+        for option, path in options:
             if path is not None:
                 argv += [option, str(path)]
         return main(argv + (["--allow-pickle"] if pickle else []))
@@ -162,7 +179,9 @@ def test_release_converts_key_for_key_and_loads(release, capsys) -> None:
     adapter = len(release.adapter.state_dict())
     motion = sum(not k.endswith(".pe") for k in release.motion.state_dict())
     assert f"{adapter} Dynamics-Adapter and {motion} motion-module tensors" in printed
-    assert f"{spatial} SD1.5 UNet keys checked" in printed and "2 IP-Adapter keys" in printed
+    assert f"{spatial} SD1.5 UNet keys checked" in printed
+    assert "8 IP-Adapter keys checked" in printed and "pass --ip-adapter" in printed
+    assert not (root / "ip-adapter").exists()
 
     loaded = MotionAdapter.from_pretrained(root / "motion-adapter")
     assert loaded.config.motion_max_seq_length == 24 and not loaded.config.use_motion_mid_block
@@ -180,6 +199,58 @@ def test_release_converts_key_for_key_and_loads(release, capsys) -> None:
     components = load_xdyna_components(Weights.resolve(str(root)), torch.float32)
     assert components["adapter"].config.layers == release.adapter.config.layers
     assert components["face_controlnet"] is not None
+    assert components["image_encoder"] is None
+
+
+def test_release_ip_adapter_keys_convert_with_the_resampler_and_load(
+    release, tmp_path, capsys
+) -> None:
+    """--ip-adapter: IP-Adapter's image_proj with the release UNet's to_k_ip/to_v_ip, which
+    diffusers then loads into the UNet as they are."""
+    root = tmp_path / "weights"
+    root.mkdir()
+    (root / "sd15").symlink_to(release.root / "weights" / "sd15")
+    unet = release.save("unet-ip.ckpt", release.unet_state)
+    pose = release.save("pose-ip.ckpt", release.pose_state)
+    ip = tmp_path / "ip-adapter-plus_sd15.bin"
+    torch.save(release.ip_adapter, ip)
+    assert release.convert(root, unet=unet, pose=pose, ip=ip) == 0
+    printed = capsys.readouterr().out
+    assert "8 IP-Adapter keys written" in printed
+    assert "to_k_ip/to_v_ip tensors from the UNet checkpoint" in printed
+    written = read_ip_adapter(root / "ip-adapter" / "ip-adapter-plus_sd15.safetensors", False)
+    names = release_ip_names(release.unet)
+    assert written[IP_ADAPTER].keys() == names.keys()
+    for key, release_key in names.items():
+        assert torch.equal(written[IP_ADAPTER][key], release.ip_unet[release_key])
+    assert_same_dict(written[IMAGE_PROJ], release.ip_adapter[IMAGE_PROJ])
+
+    tiny_clip_image_encoder(seed=0).save_pretrained(root / "ip-adapter" / "image_encoder")
+    components = load_xdyna_components(Weights.resolve(str(root)), torch.float32)
+    assert components["image_encoder"] is not None
+    first = ip_processors(components["unet"])[0]
+    attn2 = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    assert torch.equal(first.to_k_ip[0].weight, release.ip_unet[f"{attn2}.to_k_ip.weight"])
+    resampler = components["unet"].encoder_hid_proj.image_projection_layers[0]
+    assert torch.equal(resampler.latents, release.ip_adapter[IMAGE_PROJ]["latents"])
+    assert XDynaPipeline(**components).has_ip_adapter
+
+
+def test_ip_adapter_alone_converts_with_its_own_attention_weights(
+    release, tmp_path, capsys
+) -> None:
+    ip = tmp_path / "ip-adapter-plus_sd15.bin"
+    torch.save(release.ip_adapter, ip)
+    assert release.convert(tmp_path / "out", ip=ip) == 0
+    assert "to_k_ip/to_v_ip tensors from ip-adapter-plus_sd15.bin" in capsys.readouterr().out
+    written = read_ip_adapter(tmp_path / "out/ip-adapter/ip-adapter-plus_sd15.safetensors", False)
+    assert_same_dict(written[IP_ADAPTER], release.ip_adapter[IP_ADAPTER])
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ip-adapter"]
+
+
+def assert_same_dict(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[key], value) for key, value in expected.items())
 
 
 def test_trained_parameters_only_convert(release, tmp_path, capsys) -> None:
@@ -256,6 +327,8 @@ PE_KEY = (
             (PE_KEY, PE_KEY, sinusoid(32, 64)),
             f"{PE_KEY} has shape (1, 32, 64), expected (1, 24, 64)",
         ),
+        ((IP_KEY, IP_KEY, torch.zeros(64, 32)), f"{IP_KEY} has shape (64, 32), expected (32, 32)"),
+        ((IP_KEY.replace("to_k", "to_v"),), "missing key " + IP_KEY.replace("to_k", "to_v")),
         (
             (
                 "up_blocks.1.motion_modules.1.temporal_transformer.norm.bias",

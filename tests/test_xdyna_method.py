@@ -15,10 +15,13 @@ from anima.io import read_video
 from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.methods.xdyna.keypoints import load_openpose, save_openpose
 from anima.methods.xdyna.method import load_pipeline
+from anima.models.ip_adapter import save_ip_adapter
+from anima.models.tiny import tiny_clip_image_encoder
 from anima.models.tiny_sd import (
     motion_unet,
     randomise_zero_convs,
     tiny_controlnet_2d,
+    tiny_ip_adapter_state,
     tiny_motion_adapter,
     tiny_sd_unet,
     tiny_sd_vae,
@@ -141,3 +144,28 @@ def test_user_weights_directory_loads_and_runs(tmp_path, capsys) -> None:
     load_pipeline.cache_clear()
     assert main(["animate", str(spec), "-o", str(tmp_path / "b.mp4"), "--weights", str(root)]) == 2
     assert "pose_controlnet" in capsys.readouterr().err
+
+
+def test_ip_adapter_in_the_weights_directory_gives_image_tokens(tmp_path) -> None:
+    """DIR/ip-adapter/ adds the reference's image tokens; options.ip_adapter_scale 0 gives
+    the video of the weights without it."""
+    root = tmp_path / "weights"
+    save_tiny_weights(root)
+
+    def video(name: str, scale: float) -> np.ndarray:
+        options = {"num_inference_steps": 1, "size": [32, 32], "ip_adapter_scale": scale}
+        spec = example_copy(tmp_path / name, options=options)
+        out = tmp_path / f"{name}.mp4"
+        assert main(["animate", str(spec), "-o", str(out), "--weights", str(root)]) == 0
+        load_pipeline.cache_clear()
+        return read_video(out)[0].numpy()
+
+    without = video("without", 1.0)
+    folder = root / "ip-adapter"
+    folder.mkdir()
+    state = tiny_ip_adapter_state(tiny_sd_unet(seed=0), image_features=32, seed=1)
+    save_ip_adapter(state, folder / "ip-adapter-plus_sd15.safetensors")
+    tiny_clip_image_encoder(seed=0).save_pretrained(folder / "image_encoder")
+    with_tokens = video("with", 1.0)
+    assert np.abs(with_tokens.astype(float) - without).max() > 0
+    assert np.array_equal(video("scale0", 0.0), without)

@@ -354,15 +354,25 @@ def weights_convert_xdyna(
     face_controlnet: Annotated[
         Path | None, typer.Option(help="Release S-Face ControlNet checkpoint.")
     ] = None,
+    ip_adapter: Annotated[
+        Path | None,
+        typer.Option(
+            help="IP-Adapter's ip-adapter-plus_sd15.bin (the resampler the release uses)."
+        ),
+    ] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow reading pickle weights.")] = False,
 ) -> None:
-    """Convert X-Dyna's release checkpoints (UNet, pose and face ControlNets).
+    """Convert X-Dyna's release checkpoints (UNet, pose and face ControlNets, IP-Adapter).
 
-    Writes OUT/motion-adapter, OUT/xdyna/adapter, OUT/xdyna/pose_controlnet and
-    OUT/xdyna/face_controlnet (safetensors), after checking every key and shape."""
+    Writes OUT/motion-adapter, OUT/xdyna/adapter, OUT/xdyna/pose_controlnet,
+    OUT/xdyna/face_controlnet and OUT/ip-adapter/ip-adapter-plus_sd15.safetensors (the UNet
+    checkpoint's to_k_ip/to_v_ip with --ip-adapter's resampler), after checking every key and
+    shape. IP-Adapter's image encoder is copied by hand to OUT/ip-adapter/image_encoder/."""
     from anima.methods.xdyna.convert import convert_xdyna
 
-    report = convert_xdyna(sd15, out, unet, controlnet, face_controlnet, allow_pickle)
+    report = convert_xdyna(
+        sd15, out, unet, controlnet, face_controlnet, allow_pickle, ip_adapter=ip_adapter
+    )
     for line in report.lines():
         print(line)
 

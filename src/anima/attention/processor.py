@@ -108,7 +108,11 @@ def _inputs(
     encoder_hidden_states: Tensor | None,
     temb: Tensor | None,
 ) -> tuple[Tensor, Tensor, tuple[int, int] | None]:
-    """The query and key/value inputs as ``AttnProcessor2_0`` prepares them."""
+    """The query and key/value inputs as ``AttnProcessor2_0`` prepares them. A diffusers
+    IP-Adapter layer receives ``(text, [image tokens])``: hooks read the text's (the keys and
+    values of ``to_k``/``to_v``; the image tokens' own projections are the base's business)."""
+    if isinstance(encoder_hidden_states, tuple):
+        encoder_hidden_states = encoder_hidden_states[0]
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
     size = None
@@ -130,9 +134,10 @@ class HookedAttnProcessor:
 
     Not an ``nn.Module``: the hooks' trainable parts (e.g. `ReferenceAttentionWeights`) belong
     to whoever owns them, never to the UNet's state dict. (A base that is a module, such as an
-    IP-Adapter processor, still runs, but is out of the UNet's state dict while hooked.) Diffusers
-    passes a processor only the keyword arguments its signature names: ``temb`` and
-    ``ip_adapter_masks`` are forwarded to the base, other ``cross_attention_kwargs`` are not."""
+    IP-Adapter processor, still runs, but is out of the UNet's state dict while hooked; hooks
+    that read its Q/K/V get the text's, see `_inputs`.) Diffusers passes a processor only the
+    keyword arguments its signature names: ``temb`` and ``ip_adapter_masks`` are forwarded to
+    the base, other ``cross_attention_kwargs`` are not."""
 
     def __init__(self, layer: str, base: Any) -> None:
         self.layer = layer

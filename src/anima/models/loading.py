@@ -8,6 +8,7 @@ only with ``--allow-pickle``. Nothing is downloaded (``local_files_only``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,30 @@ def load_model(
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise InputError(f"cannot load {kind} ({reason})", str(folder)) from error
+
+
+def check_state(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    what: str,
+    where: str,
+    release_name: Callable[[str], str] = str,
+    complete: bool = True,
+) -> None:
+    """Keys of ``state`` all in ``expected`` (and all of ``expected`` there when ``complete``),
+    with its shapes; errors name the key as the checkpoint's author does (``release_name``)."""
+    unexpected = sorted(release_name(key) for key in set(state) - set(expected))
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise InputError(f"{what}: unknown key {unexpected[0]}{more}", where)
+    missing = sorted(set(expected) - set(state)) if complete else []
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{what}: missing key {release_name(missing[0])}{more}", where)
+    for key in sorted(state):
+        got, want = tuple(state[key].shape), tuple(expected[key].shape)
+        if got != want:
+            raise InputError(f"{what}: {release_name(key)} has shape {got}, expected {want}", where)
 
 
 def _require_file(path: Path, kind: str) -> Path:

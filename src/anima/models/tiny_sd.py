@@ -2,7 +2,9 @@
 
 Same classes as the full-size release: `UNet2DConditionModel` turned into a `UNetMotionModel`
 by a `MotionAdapter` (AnimateDiff), `AutoencoderKL` (8x like SD's), `CLIPTextModel` with a
-`CLIPTokenizer`, `ControlNetModel`s made from the UNet, `DDIMScheduler`. The tokenizer's
+`CLIPTokenizer`, `ControlNetModel`s made from the UNet, `DDIMScheduler`, and an IP-Adapter-Plus
+(`tiny_ip_adapter_plus`: a `CLIPVisionModelWithProjection` and a random checkpoint in
+IP-Adapter's format, loaded by diffusers). The tokenizer's
 vocabulary is CLIP's byte-level alphabet without merges (every byte is a token), written to a
 folder at build time, so text runs through the real tokenizer code with no download.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -25,7 +28,15 @@ from diffusers import (
 from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from anima.models.tiny import seeded
+from anima.models.ip_adapter import (
+    IMAGE_PROJ,
+    IP_ADAPTER,
+    IPAdapterState,
+    ip_attention_shapes,
+    load_into_unet,
+    resampler_shapes,
+)
+from anima.models.tiny import clip_feature_extractor, seeded, tiny_clip_image_encoder
 
 #: X-Dyna's sampler (REFERENCE.md): DDIM with linear betas 0.00085-0.012.
 XDYNA_SCHEDULER_CONFIG = {
@@ -43,6 +54,8 @@ TINY_CROSS_ATTENTION_DIM = 32
 TINY_BLOCK_CHANNELS = (32, 64)
 #: 256 bytes, 256 end-of-word bytes, start and end of text (`tiny_tokenizer`).
 TINY_VOCAB_SIZE = 514
+#: Image tokens of the tiny IP-Adapter-Plus resampler (ip-adapter-plus_sd15 makes 16).
+TINY_IP_TOKENS = 16
 
 
 def tiny_sd_unet(seed: int = 0, block_out_channels: tuple[int, ...] = TINY_BLOCK_CHANNELS):
@@ -178,3 +191,39 @@ def randomise_zero_convs(controlnet: ControlNetModel, std: float = 0.02, seed: i
         for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
             conv.weight.normal_(std=std)
         controlnet.controlnet_cond_embedding.conv_out.weight.normal_(std=std)
+
+
+def _random_like(key: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """A random stand-in of a trained tensor: LayerNorm weights near 1 and biases near 0,
+    matrices with 1/sqrt(fan-in) scale, latent queries standard normal."""
+    noise = torch.randn(shape, generator=generator)
+    if key == "latents":
+        return noise
+    if len(shape) == 1:
+        return (1.0 if key.endswith("weight") else 0.0) + 0.1 * noise
+    return noise * shape[-1] ** -0.5
+
+
+def tiny_ip_adapter_state(unet: Any, image_features: int, seed: int = 0) -> IPAdapterState:
+    """A random IP-Adapter-Plus checkpoint for ``unet`` in IP-Adapter's format: a resampler of
+    one 64-channel head and `TINY_IP_TOKENS` queries reading ``image_features``-channel CLIP
+    features, and random (not zero) ``to_k_ip``/``to_v_ip``, so that image tokens matter."""
+    width = unet.config.cross_attention_dim
+    shapes = {
+        IMAGE_PROJ: resampler_shapes(image_features, width, width, 1, TINY_IP_TOKENS),
+        IP_ADAPTER: ip_attention_shapes(unet),
+    }
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        part: {key: _random_like(key, meta.shape, generator) for key, meta in keys.items()}
+        for part, keys in shapes.items()
+    }
+
+
+def tiny_ip_adapter_plus(unet: Any, seed: int = 0) -> dict[str, Any]:
+    """A random IP-Adapter-Plus loaded into ``unet`` (diffusers' loader, as for real weights);
+    returns the ``image_encoder`` (tiny CLIP vision model) and ``feature_extractor`` (CLIP's
+    224 px preprocessing) pipeline components that go with it."""
+    encoder = tiny_clip_image_encoder(seed)
+    load_into_unet(unet, tiny_ip_adapter_state(unet, encoder.config.hidden_size, seed + 1))
+    return {"image_encoder": encoder, "feature_extractor": clip_feature_extractor()}

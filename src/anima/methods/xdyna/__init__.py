@@ -8,7 +8,8 @@ condition: eye + mouth patches and the face crop of the driving frame).
 
 Generation: `adapter` (the Dynamics-Adapter), `reference_frame` (the reference as a clean frame
 0: skipped by the motion modules, zero ControlNet residuals), `pipeline` (`XDynaPipeline`),
-`loading` (components from a weights directory or tiny), `method` (the ``xdyna`` method and its
-spec ``pose`` section). Training: `dataset`, `train` (``anima train xdyna``). Release
-checkpoints: `convert` (``anima weights convert xdyna``).
+`loading` (components from a weights directory or tiny, with the optional IP-Adapter-Plus of
+`anima.models.ip_adapter`), `method` (the ``xdyna`` method and its spec ``pose`` section).
+Training: `dataset`, `train` (``anima train xdyna``). Release checkpoints: `convert`
+(``anima weights convert xdyna``).
 """

@@ -21,21 +21,33 @@ UNet checkpoint is split by name:
   sinusoid, so the release's buffers are checked against the one diffusers computes (max length
   `MOTION_MAX_SEQ_LENGTH`, within `PE_TOLERANCE`; a checkpoint without them is accepted) and
   diffusers' is written;
-- ``...attn2.to_{k,v}_ip.*`` (IP-Adapter) are not supported yet: skipped and counted;
+- ``<layer>.to_k_ip.weight`` / ``<layer>.to_v_ip.weight`` (``<layer>`` a cross-attention
+  ``...attn2``): IP-Adapter-Plus's image-token keys and values. The release builds its UNet with
+  ``unet_use_ipadapter: true`` (commit 9a54f8e, ``configs/x_dyna.yaml``; ``IPAdapterAttention``
+  in ``animatediff/models/attention.py``) and loads this checkpoint (``strict=False``) over an
+  IP-Adapter-Plus initialisation, so these are the ones it runs. They are checked (every
+  cross-attention, the shape of its ``to_k``) and, with ``--ip-adapter`` (IP-Adapter's
+  ``ip-adapter-plus_sd15.bin``, whose ``image_proj`` resampler the release loads on its own),
+  written with that resampler to ``DIR/ip-adapter/ip-adapter-plus_sd15.safetensors`` in
+  diffusers' IP-Adapter format (renumbered ``<n>.to_{k,v}_ip.weight``,
+  `anima.models.ip_adapter`); without ``--ip-adapter`` they are only checked;
 - every other key must be a key of SD1.5's `UNet2DConditionModel` (built from
   ``--sd15``'s ``unet/config.json``) with its shape; these are counted, not written (the UNet is
   the frozen SD1.5 one). A checkpoint of trained parameters only, without them, is accepted.
 
 The ControlNets are `ControlNetModel.from_unet` of that UNet (3 or 6 conditioning channels), key
-for key. Every input is checked (unknown key, missing key, shape) before anything is written;
-each output folder is then written atomically (``config.json`` + safetensors).
+for key. ``--ip-adapter`` without ``--unet`` (or with a UNet checkpoint without IP keys) writes
+IP-Adapter's file with its own ``to_k_ip``/``to_v_ip``. The image encoder that goes with it
+(IP-Adapter's ``models/image_encoder``, already a transformers folder) is copied by hand to
+``DIR/ip-adapter/image_encoder/``. Every input is checked (unknown key, missing key, shape)
+before anything is written; each output folder or file is then written atomically.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +60,19 @@ from diffusers.models.modeling_utils import ModelMixin
 from safetensors.torch import load_file
 
 from anima.errors import InputError
-from anima.io import atomic_dir
+from anima.io import atomic_dir, atomic_path
 from anima.methods.xdyna.adapter import DynamicsAdapter
+from anima.models.ip_adapter import (
+    IMAGE_PROJ,
+    IP_ADAPTER,
+    IPAdapterState,
+    check_ip_adapter,
+    cross_attention_layers,
+    ip_attention_shapes,
+    read_ip_adapter,
+    save_ip_adapter,
+)
+from anima.models.loading import check_state
 
 #: The release's motion modules: AnimateDiff v1 (8 heads, positions up to 24 frames).
 MOTION_NUM_ATTENTION_HEADS = 8
@@ -62,6 +85,7 @@ MOTION_DIR = "motion-adapter"
 ADAPTER_DIR = "xdyna/adapter"
 POSE_DIR = "xdyna/pose_controlnet"
 FACE_DIR = "xdyna/face_controlnet"
+IP_FILE = "ip-adapter/ip-adapter-plus_sd15.safetensors"
 
 _ADAPTER_KEY = re.compile(r"(?P<layer>.+\.attn1)\.(?P<proj>to_q_ff|to_out_ff)\.(?P<param>\w+)")
 _IP_KEY = re.compile(r".+\.attn2\.to_[kv]_ip\.\w+")
@@ -92,19 +116,28 @@ class ConversionReport:
     motion_keys: int = 0  # motion-module tensors written (position encodings not counted)
     position_encodings: int = 0  # release pos_encoder.pe buffers checked against diffusers'
     spatial_keys: int = 0  # SD UNet keys found in the UNet checkpoint (checked, not written)
-    ip_keys: int = 0  # IP-Adapter keys skipped
+    ip_keys: int = 0  # to_k_ip / to_v_ip tensors found in the UNet checkpoint (checked)
     controlnet_keys: dict[str, int] = field(default_factory=dict)  # folder -> tensors written
+    ip_adapter: str | None = None  # what the IP-Adapter file was made of, when written
 
     def lines(self) -> list[str]:
         out = [f"wrote {path}" for path in self.written]
         if self.adapter_keys or self.motion_keys:
+            written = "written" if self.ip_keys and self.ip_adapter else "checked"
             out.append(
                 f"UNet checkpoint: {self.adapter_keys} Dynamics-Adapter and {self.motion_keys} "
                 f"motion-module tensors ({self.position_encodings} position encodings checked), "
                 f"{self.spatial_keys} SD1.5 UNet keys checked and not written, "
-                f"{self.ip_keys} IP-Adapter keys skipped (not supported yet)"
+                f"{self.ip_keys} IP-Adapter keys {written}"
             )
+            if self.ip_keys and not self.ip_adapter:
+                out.append(
+                    "IP-Adapter keys not written: pass --ip-adapter ip-adapter-plus_sd15.bin "
+                    "(the image_proj resampler they go with)"
+                )
         out += [f"{name}: {count} tensors" for name, count in self.controlnet_keys.items()]
+        if self.ip_adapter:
+            out.append(f"IP-Adapter: {self.ip_adapter}")
         return out
 
 
@@ -171,30 +204,6 @@ def _empty_sd_unet(config: dict[str, Any], where: str) -> UNet2DConditionModel:
 # --------------------------------------------------------------------------- checking
 
 
-def check_state(
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, torch.Tensor],
-    what: str,
-    where: str,
-    release_name: Callable[[str], str] = str,
-    complete: bool = True,
-) -> None:
-    """Keys of ``state`` all in ``expected`` (and all of ``expected`` there when ``complete``),
-    with its shapes; errors name the key as the release does (``release_name``)."""
-    unexpected = sorted(release_name(key) for key in set(state) - set(expected))
-    if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise InputError(f"{what}: unknown key {unexpected[0]}{more}", where)
-    missing = sorted(set(expected) - set(state)) if complete else []
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise InputError(f"{what}: missing key {release_name(missing[0])}{more}", where)
-    for key in sorted(state):
-        got, want = tuple(state[key].shape), tuple(expected[key].shape)
-        if got != want:
-            raise InputError(f"{what}: {release_name(key)} has shape {got}, expected {want}", where)
-
-
 def _motion_name(key: str) -> str:
     """Our (diffusers) name of a motion-module key without ``temporal_transformer.``."""
     for pattern, prefix in _MOTION_RENAMES:
@@ -227,7 +236,7 @@ class _UNetParts:
     motion: dict[str, torch.Tensor] = field(default_factory=dict)
     position: dict[str, torch.Tensor] = field(default_factory=dict)  # release name -> pe
     spatial: dict[str, torch.Tensor] = field(default_factory=dict)
-    ip_keys: int = 0
+    ip: dict[str, torch.Tensor] = field(default_factory=dict)  # release names
     motion_modules: dict[tuple[str, int], set[int]] = field(default_factory=dict)
 
 
@@ -237,7 +246,7 @@ def _split_unet(state: Mapping[str, torch.Tensor]) -> _UNetParts:
         adapter = _ADAPTER_KEY.fullmatch(key)
         motion = _MOTION_KEY.match(key)
         if _IP_KEY.fullmatch(key):
-            parts.ip_keys += 1
+            parts.ip[key] = value
         elif adapter:
             layer = adapter["layer"].replace(".", "-")
             proj = "to_q" if adapter["proj"] == "to_q_ff" else "to_out"
@@ -340,9 +349,33 @@ class _Output:
     count: int
 
 
+def release_ip_names(sd_unet: UNet2DConditionModel) -> dict[str, str]:
+    """Diffusers' ``ip_adapter`` key (``<n>.to_k_ip.weight``) -> the release's
+    (``<layer>.to_k_ip.weight``), for every cross-attention of the SD1.5 UNet."""
+    return {
+        f"{number}.{proj}.weight": f"{layer}.{proj}.weight"
+        for layer, number in cross_attention_layers(sd_unet).items()
+        for proj in ("to_k_ip", "to_v_ip")
+    }
+
+
+def _ip_attention(
+    ip: Mapping[str, torch.Tensor], sd_unet: UNet2DConditionModel, where: str
+) -> dict[str, torch.Tensor]:
+    """The release's ``to_k_ip``/``to_v_ip`` under diffusers' names, all of them checked."""
+    names = release_ip_names(sd_unet)
+    ours = {release: key for key, release in names.items()}
+    renamed = {ours.get(key, key): value for key, value in ip.items()}
+    expected = ip_attention_shapes(sd_unet)
+    check_state(renamed, expected, "UNet checkpoint", where, lambda key: names.get(key, key))
+    return renamed
+
+
 def _unet_outputs(
     path: Path, state: Mapping[str, torch.Tensor], config: dict[str, Any], report: ConversionReport
-) -> list[_Output]:
+) -> tuple[list[_Output], dict[str, torch.Tensor]]:
+    """The motion adapter and Dynamics-Adapter outputs, and the IP-Adapter keys (diffusers'
+    names; empty when the checkpoint has none)."""
     where = f"in {path}"
     parts = _split_unet(state)
     sd_unet = _empty_sd_unet(config, where)
@@ -355,15 +388,17 @@ def _unet_outputs(
     parameters = {k: v for k, v in motion.state_dict().items() if k not in buffers}
     check_state(parts.motion, parameters, "UNet checkpoint", where, release_motion_name)
     _check_positions(parts.position, buffers, where)
+    ip = _ip_attention(parts.ip, sd_unet, where) if parts.ip else {}
     dtype = next(iter(parts.motion.values())).dtype
     motion_state = {**parts.motion, **{k: v.to(dtype) for k, v in buffers.items()}}
     report.adapter_keys, report.motion_keys = len(parts.adapter), len(parts.motion)
     report.position_encodings, report.spatial_keys = len(parts.position), len(parts.spatial)
-    report.ip_keys = parts.ip_keys
-    return [
+    report.ip_keys = len(ip)
+    outputs = [
         _Output(MOTION_DIR, _assigned(motion, motion_state), len(parts.motion)),
         _Output(ADAPTER_DIR, _assigned(adapter, parts.adapter), len(parts.adapter)),
     ]
+    return outputs, ip
 
 
 def _controlnet_output(
@@ -383,6 +418,42 @@ def _controlnet_output(
 # --------------------------------------------------------------------------- converting
 
 
+def _ip_state(
+    path: Path,
+    allow_pickle: bool,
+    config: dict[str, Any],
+    from_unet: Mapping[str, torch.Tensor],
+    report: ConversionReport,
+) -> IPAdapterState:
+    """IP-Adapter's checkpoint at ``path``, checked against the SD1.5 UNet, its ``to_k_ip``/
+    ``to_v_ip`` replaced by the UNet checkpoint's (``from_unet``, diffusers' names) when it
+    has them: the release loads its UNet checkpoint over IP-Adapter's weights."""
+    where = f"in {path}"
+    state = read_ip_adapter(path, allow_pickle)
+    check_ip_adapter(state, _empty_sd_unet(config, where), where)
+    if from_unet:
+        state = {IMAGE_PROJ: state[IMAGE_PROJ], IP_ADAPTER: dict(from_unet)}
+    source = "the UNet checkpoint" if from_unet else path.name
+    report.ip_adapter = (
+        f"{len(state[IMAGE_PROJ])} image_proj tensors from {path.name}, "
+        f"{len(state[IP_ADAPTER])} to_k_ip/to_v_ip tensors from {source}"
+    )
+    return state
+
+
+def _write(out: Path, outputs: list[_Output], ip_state: IPAdapterState | None) -> list[Path]:
+    """Every output saved, then all renamed into place together (atomically each)."""
+    written = [out / output.subdir for output in outputs]
+    with ExitStack() as stack:
+        for output in outputs:
+            tmp = stack.enter_context(atomic_dir(out / output.subdir))
+            output.model.save_pretrained(tmp, safe_serialization=True)
+        if ip_state is not None:
+            save_ip_adapter(ip_state, stack.enter_context(atomic_path(out / IP_FILE)))
+            written.append(out / IP_FILE)
+    return written
+
+
 def convert_xdyna(
     sd15: Path,
     out: Path,
@@ -390,27 +461,32 @@ def convert_xdyna(
     controlnet: Path | None = None,
     face_controlnet: Path | None = None,
     allow_pickle: bool = False,
+    ip_adapter: Path | None = None,
 ) -> ConversionReport:
-    """Write the release's ``unet`` (motion adapter + Dynamics-Adapter), pose ``controlnet``
-    and ``face_controlnet`` checkpoints into the weights directory ``out``; ``sd15`` (SD1.5 in
-    diffusers layout) gives the UNet config. Nothing is written unless every input checks."""
-    if unet is None and controlnet is None and face_controlnet is None:
-        raise InputError("nothing to convert: give --unet, --controlnet or --face-controlnet")
+    """Write the release's ``unet`` (motion adapter + Dynamics-Adapter, and its IP-Adapter
+    keys with ``ip_adapter``'s resampler), pose ``controlnet`` and ``face_controlnet``
+    checkpoints into the weights directory ``out``; ``sd15`` (SD1.5 in diffusers layout) gives
+    the UNet config. Nothing is written unless every input checks."""
+    if all(path is None for path in (unet, controlnet, face_controlnet, ip_adapter)):
+        raise InputError(
+            "nothing to convert: give --unet, --controlnet, --face-controlnet or --ip-adapter"
+        )
     config = sd_unet_config(sd15)
     report = ConversionReport()
     outputs: list[_Output] = []
+    ip: dict[str, torch.Tensor] = {}
     if unet is not None:
-        outputs += _unet_outputs(unet, read_checkpoint(unet, allow_pickle), config, report)
+        unet_outputs, ip = _unet_outputs(unet, read_checkpoint(unet, allow_pickle), config, report)
+        outputs += unet_outputs
     for path, channels, sub in ((controlnet, 3, POSE_DIR), (face_controlnet, 6, FACE_DIR)):
         if path is not None:
             state = read_checkpoint(path, allow_pickle)
             outputs.append(_controlnet_output(path, state, config, channels, sub))
-    with ExitStack() as stack:  # every folder renamed into place only once all are saved
-        for output in outputs:
-            tmp = stack.enter_context(atomic_dir(out / output.subdir))
-            output.model.save_pretrained(tmp, safe_serialization=True)
+    ip_state = None
+    if ip_adapter is not None:
+        ip_state = _ip_state(ip_adapter, allow_pickle, config, ip, report)
+    report.written = _write(out, outputs, ip_state)
     for output in outputs:
-        report.written.append(out / output.subdir)
         if output.subdir in (POSE_DIR, FACE_DIR):
             report.controlnet_keys[output.subdir] = output.count
     return report

@@ -1,7 +1,14 @@
-"""The `XDynaPipeline` components: from a weights directory, or tiny random ones."""
+"""The `XDynaPipeline` components: from a weights directory, or tiny random ones.
+
+The IP-Adapter-Plus is optional: `load_ip_adapter` loads ``DIR/ip-adapter/`` when the folder is
+there (the layout in `anima.methods.xdyna.method`), checked key by key
+(`anima.models.ip_adapter`) before diffusers loads it into the UNet; ``tiny_xdyna_components``
+adds a tiny random one on request.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,15 +18,18 @@ from diffusers import (
     MotionAdapter,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from anima.errors import InputError
 from anima.methods.xdyna.adapter import DynamicsAdapter
+from anima.models.ip_adapter import check_ip_adapter, load_into_unet, read_ip_adapter
 from anima.models.loading import load_model
+from anima.models.tiny import clip_feature_extractor
 from anima.models.tiny_sd import (
     motion_unet,
     randomise_zero_convs,
     tiny_controlnet_2d,
+    tiny_ip_adapter_plus,
     tiny_motion_unet,
     tiny_sd_unet,
     tiny_sd_vae,
@@ -29,10 +39,15 @@ from anima.models.tiny_sd import (
 )
 from anima.weights import Weights
 
+#: The pipeline's IP-Adapter components when there is none.
+NO_IP_ADAPTER: dict[str, Any] = {"image_encoder": None, "feature_extractor": None}
 
-def tiny_xdyna_components(seed: int = 0) -> dict[str, Any]:
+
+def tiny_xdyna_components(seed: int = 0, ip_adapter: bool = False) -> dict[str, Any]:
     """Tiny random components; the adapter's output projections and the ControlNets' zero
-    convs get small random values so that the video depends on reference, pose and face."""
+    convs get small random values so that the video depends on reference, pose and face.
+    ``ip_adapter`` adds a tiny random IP-Adapter-Plus (`tiny_ip_adapter_plus`, drawn after
+    everything else: the other components are the same with or without it)."""
     unet = tiny_motion_unet(seed)
     spatial = tiny_sd_unet(seed)
     pose = tiny_controlnet_2d(spatial, 3, seed + 1)
@@ -45,6 +60,7 @@ def tiny_xdyna_components(seed: int = 0) -> dict[str, Any]:
         for name in adapter.weights:
             weight = adapter.weights[name].to_out.weight
             weight.copy_(0.02 * torch.randn(weight.shape, generator=generator))
+    ip_parts = tiny_ip_adapter_plus(unet, seed + 6) if ip_adapter else NO_IP_ADAPTER
     return {
         "vae": tiny_sd_vae(seed),
         "text_encoder": tiny_text_encoder(seed),
@@ -54,6 +70,7 @@ def tiny_xdyna_components(seed: int = 0) -> dict[str, Any]:
         "pose_controlnet": pose,
         "scheduler": xdyna_scheduler(),
         "face_controlnet": face,
+        **ip_parts,
     }
 
 
@@ -117,9 +134,52 @@ def check_adapter_layers(adapter: DynamicsAdapter, unet: Any, where: str) -> Non
         raise InputError(f"Dynamics-Adapter layer not in the UNet: {missing[0]}", where)
 
 
+def ip_adapter_file(folder: Path, allow_pickle: bool) -> Path:
+    """The IP-Adapter checkpoint in ``folder``: the safetensors file, else (with
+    ``allow_pickle``) IP-Adapter's own ``.bin`` under the same name."""
+    from anima.methods.xdyna.method import IP_ADAPTER_WEIGHTS
+
+    safe = folder / IP_ADAPTER_WEIGHTS
+    pickled = safe.with_suffix(".bin")
+    if safe.is_file() or not pickled.is_file():
+        return safe  # read_ip_adapter names it when it is missing
+    if not allow_pickle:
+        raise InputError(
+            f"IP-Adapter: only {pickled.name} (pickle); pass --allow-pickle, or convert it once "
+            "(`anima weights convert xdyna --ip-adapter`)",
+            f"in {folder}",
+        )
+    return pickled
+
+
+def load_ip_adapter(weights: Weights, unet: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """The IP-Adapter-Plus of ``DIR/ip-adapter/`` when that folder exists, loaded into ``unet``
+    (checked first: resampler, ``to_k_ip``/``to_v_ip`` of every cross-attention, image
+    encoder width); returns the ``image_encoder`` and ``feature_extractor`` components (both
+    None without the folder). The release preprocesses with ``CLIPImageProcessor()``'s
+    defaults (224 px, CLIP mean and std): `clip_feature_extractor`."""
+    from anima.methods.xdyna.method import IMAGE_ENCODER_DIR, XDYNA_IP_ADAPTER
+
+    folder = None if weights.root is None else weights.root / XDYNA_IP_ADAPTER.subdir
+    if folder is None or not folder.is_dir():
+        return dict(NO_IP_ADAPTER)
+    encoder = load_model(
+        CLIPVisionModelWithProjection,
+        folder / IMAGE_ENCODER_DIR,
+        "IP-Adapter image encoder",
+        weights.allow_pickle,
+        dtype,
+    )
+    path = ip_adapter_file(folder, weights.allow_pickle)
+    state = read_ip_adapter(path, weights.allow_pickle)
+    check_ip_adapter(state, unet, f"in {path}", encoder.config.hidden_size)
+    load_into_unet(unet, state)
+    return {"image_encoder": encoder, "feature_extractor": clip_feature_extractor()}
+
+
 def load_xdyna_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
     """Every `XDynaPipeline` component from a weights directory (module docstring of
     `anima.methods.xdyna.method`)."""
     components = load_sd_components(weights, dtype) | load_xdyna_parts(weights, dtype)
     check_adapter_layers(components["adapter"], components["unet"], f"in {weights.root}/xdyna")
-    return components
+    return components | load_ip_adapter(weights, components["unet"], dtype)

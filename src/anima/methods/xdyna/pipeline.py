@@ -4,7 +4,21 @@ Components (REFERENCE.md, "X-Dyna"): a frozen SD1.5 UNet with AnimateDiff motion
 (`UNetMotionModel`), the `DynamicsAdapter` (§3.2), a pose `ControlNetModel` (3-channel
 skeleton without head) and an optional S-Face `ControlNetModel` (6 channels: eye and mouth
 patches + face crop, §3.3) whose residuals are summed, a `DDIMScheduler` with linear betas
-0.00085-0.012, SD's VAE, CLIP text encoder and tokenizer.
+0.00085-0.012, SD's VAE, CLIP text encoder and tokenizer, and optionally an IP-Adapter-Plus
+(``image_encoder`` + ``feature_extractor``, its resampler and cross-attention weights loaded
+into the UNet by diffusers; `IPAdapterMixin` gives ``set_ip_adapter_scale`` and
+``unload_ip_adapter``).
+
+IP-Adapter-Plus image tokens, as the authors' release uses them (bytedance/X-Dyna, commit
+9a54f8e, ``inference_xdyna.py`` and ``animatediff/``): the reference image, preprocessed by
+``CLIPImageProcessor()`` (224 px), goes through the CLIP vision encoder (IP-Adapter's
+OpenCLIP ViT-H/14) once; its penultimate hidden states (``hidden_states[-2]``) go through the
+Plus resampler (16 tokens, ``ip-adapter-plus_sd15``'s ``image_proj``) and are attended to by
+``to_k_ip``/``to_v_ip`` in every cross-attention, added with weight 1 to the text attention
+(``IPAdapterAttention``: ``hidden_states + ip_hidden_states``). The unconditional CFG branch
+gets the tokens of an all-zero pixel tensor (``zeros_like`` of the preprocessed image) through
+the same encoder and resampler. Every UNet pass of a branch sees its tokens, the reference
+frame included (the release's frame 0 shares the pass); the ControlNets see text only.
 
 The model's layout (training, `predict_noise`; `anima.methods.xdyna.reference_frame`): one
 UNet pass holds, for each video, the clean reference latent as frame 0 followed by the
@@ -20,21 +34,23 @@ with ``recorded``): the same prediction up to float rounding, one frame a step i
 a window (``cache_reference=False`` runs the model's layout in every window, for checking).
 
 Sampling (§4.1 and the release's defaults): DDIM, 25 steps, eta 0, CFG 7.5 (the unconditional
-branch differs by the negative prompt only: both keep the reference and the ControlNet images,
-as in the release; so when the prompt and the negative prompt are equal, the default with both
-empty, ``uncond + g * (cond - uncond)`` is ``cond`` and the unconditional branch is skipped, as
-with ``guidance_scale`` 1). Videos of any length are sampled in sliding windows of 16 frames with
-overlap 4 whose noise predictions are averaged (`anima.sampling.windows`); the release instead
-wraps its windows around the clip and shifts them by a random offset every step, which makes
-its sampling depend on Python's unseeded ``random``. The initial latents are the reference
+branch differs by the negative prompt and, with an IP-Adapter, by its zero-image tokens: both
+keep the reference and the ControlNet images, as in the release; so without image tokens and
+with equal prompts, the default with both empty, ``uncond + g * (cond - uncond)`` is ``cond``
+and the unconditional branch is skipped, as with ``guidance_scale`` 1; ``ip_adapter_scale`` 0
+counts as no image tokens). Videos of any length are sampled in sliding windows of 16 frames
+with overlap 4 whose noise predictions are averaged (`anima.sampling.windows`); the release
+instead wraps its windows around the clip and shifts them by a random offset every step, which
+makes its sampling depend on Python's unseeded ``random``. The initial latents are the reference
 latent repeated over frames, each element replaced by a Gaussian-blurred copy (9x9 kernel,
 sigma 18 latent pixels, as in the release) with probability 0.5, then noised to the first
 timestep with ``scheduler.add_noise``: about 5 % of the reference's low frequencies survive at
 t = 961, which anchors colours and layout.
 
-Known difference from the release: its resnets' GroupNorm pools statistics over all frames of a
-pass (reference included); diffusers' `UNetMotionModel`, used here, normalises frame by frame.
-IP-Adapter image tokens are not wired in yet.
+Known differences from the release: its resnets' GroupNorm pools statistics over all frames of
+a pass (reference included); diffusers' `UNetMotionModel`, used here, normalises frame by frame.
+Its CLIP encoder reads the image file as it is; here it reads the image given (at the
+generation size), both resized to 224 px by the same preprocessing.
 """
 
 from __future__ import annotations
@@ -42,7 +58,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -51,10 +69,11 @@ from diffusers import (
     DiffusionPipeline,
     UNetMotionModel,
 )
+from diffusers.loaders import IPAdapterMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 from torch.nn import functional as F
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from anima.attention import FeatureStore
 from anima.methods.xdyna.adapter import DynamicsAdapter
@@ -63,12 +82,20 @@ from anima.methods.xdyna.reference_frame import (
     skip_reference_in_motion_modules,
     with_reference_residuals,
 )
+from anima.models.ip_adapter import ip_adapter_loaded, ip_processors
+from anima.models.tiny import CLIPProcessor
 from anima.sampling.windows import sliding_windows, windowed_prediction
 
 #: The release's latent blur for the initial latents (torchvision GaussianBlur(9, sigma=18)).
 BLUR_KERNEL, BLUR_SIGMA, BLUR_PROBABILITY = 9, 18.0, 0.5
 
 StepCallback = Callable[[int, int], None]
+
+
+def image_conditioning(image_embeds: Tensor | None) -> dict[str, Any] | None:
+    """The UNet's ``added_cond_kwargs`` for IP-Adapter image features (B, 1, T, D), one a
+    video; None without them (the UNet call is then the plain one)."""
+    return None if image_embeds is None else {"image_embeds": [image_embeds]}
 
 
 def gaussian_blur(latents: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
@@ -138,11 +165,13 @@ class WindowResiduals:
         return flat[:-1], flat[-1]
 
 
-class XDynaPipeline(DiffusionPipeline):
+class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
     """Reference image + pose (and face) conditions -> video. See the module docstring."""
 
-    model_cpu_offload_seq = "text_encoder->pose_controlnet->face_controlnet->unet->vae"
-    _optional_components = ["face_controlnet"]
+    model_cpu_offload_seq = (
+        "text_encoder->image_encoder->pose_controlnet->face_controlnet->unet->vae"
+    )
+    _optional_components = ["face_controlnet", "image_encoder", "feature_extractor"]
 
     def __init__(
         self,
@@ -154,6 +183,8 @@ class XDynaPipeline(DiffusionPipeline):
         pose_controlnet: ControlNetModel,
         scheduler: DDIMScheduler,
         face_controlnet: ControlNetModel | None = None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        feature_extractor: CLIPProcessor | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -165,6 +196,8 @@ class XDynaPipeline(DiffusionPipeline):
             pose_controlnet=pose_controlnet,
             scheduler=scheduler,
             face_controlnet=face_controlnet,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
@@ -181,6 +214,49 @@ class XDynaPipeline(DiffusionPipeline):
         ).input_ids
         device = self._execution_device
         return self.text_encoder(ids.to(device))[0].to(self.unet.dtype)
+
+    @property
+    def has_ip_adapter(self) -> bool:
+        """Whether the UNet holds an IP-Adapter (every UNet pass then takes image tokens)."""
+        return ip_adapter_loaded(self.unet)
+
+    def encode_image(self, image: Tensor) -> Tensor:
+        """IP-Adapter-Plus image features (2, 1, T, D) of an all-zero pixel tensor (the
+        unconditional branch's) and of ``image`` (3, H, W) in [0, 1]: the CLIP vision encoder's
+        penultimate hidden states (module docstring); the UNet's resampler makes the tokens."""
+        if self.image_encoder is None or self.feature_extractor is None:
+            raise ValueError("the UNet has an IP-Adapter but the pipeline no image_encoder")
+        pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        hwc = np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())  # as a PIL image
+        values = self.feature_extractor(images=hwc, return_tensors="pt").pixel_values
+        values = values.to(self._execution_device, self.image_encoder.dtype)
+        both = torch.cat([torch.zeros_like(values), values])
+        hidden = self.image_encoder(both, output_hidden_states=True).hidden_states[-2]
+        return hidden[:, None].to(self.unet.dtype)
+
+    def branch_image_embeds(self, image: Tensor, cfg: bool) -> Tensor | None:
+        """The IP-Adapter image features of the sampling branches, (B, 1, T, D) in the order
+        of the prompts: the zero image's and the image's with ``cfg``, else the image's; None
+        without an IP-Adapter."""
+        if not self.has_ip_adapter:
+            return None
+        both = self.encode_image(image)
+        return both if cfg else both[1:]
+
+    @contextmanager
+    def ip_adapter_scale(self, scale: float) -> Iterator[None]:
+        """Inside the block the image tokens' attention is weighted by ``scale`` (diffusers'
+        ``set_ip_adapter_scale``); the previous weights are put back after. Nothing happens
+        without an IP-Adapter."""
+        processors = ip_processors(self.unet)
+        saved = [list(processor.scale) for processor in processors]
+        if processors:
+            self.set_ip_adapter_scale(scale)
+        try:
+            yield
+        finally:
+            for processor, weights in zip(processors, saved, strict=True):
+                processor.scale = weights
 
     def encode_reference(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
         """(1, 4, h, w) latent of a (3, H, W) image in [0, 1]: a posterior sample times the
@@ -265,10 +341,12 @@ class XDynaPipeline(DiffusionPipeline):
         text: Tensor,
         down: list[Tensor],
         mid: Tensor,
+        image_embeds: Tensor | None = None,
     ) -> Tensor:
         """Noise prediction (B, C, F, h, w) of the UNet on [reference, frames] given the
         generated frames' ControlNet residuals (`control_residuals`); the reference gets zero
-        residuals. Must run inside `adapter_context`."""
+        residuals. ``image_embeds`` (B, 1, T, D): IP-Adapter image features, one a video (the
+        UNet gives them to every frame). Must run inside `adapter_context`."""
         batch, _, frames = latents.shape[:3]
         down = with_reference_residuals(down, batch, frames)
         (mid,) = with_reference_residuals([mid], batch, frames)
@@ -279,6 +357,7 @@ class XDynaPipeline(DiffusionPipeline):
             sample,
             t,
             encoder_hidden_states=hidden,
+            added_cond_kwargs=image_conditioning(image_embeds),
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
             return_dict=False,
@@ -295,38 +374,57 @@ class XDynaPipeline(DiffusionPipeline):
         face: Tensor | None,
         pose_scale: float = 1.0,
         face_scale: float = 1.0,
+        image_embeds: Tensor | None = None,
     ) -> Tensor:
         """Noise prediction (B, C, F, h, w) of one window: the UNet on [reference, frames].
 
         ``latents`` (B, C, F, h, w) and ``text`` (B, 77, D) hold the B branches (CFG halves)
-        or videos (training); ``reference`` is (1, C, h, w) shared or (B, C, h, w); ``t`` one
-        timestep or (B,). Must run inside `adapter_context`."""
+        or videos (training), ``image_embeds`` (B, 1, T, D) their IP-Adapter image features
+        when the UNet has an IP-Adapter; ``reference`` is (1, C, h, w) shared or (B, C, h, w);
+        ``t`` one timestep or (B,). Must run inside `adapter_context`."""
         down, mid = self.control_residuals(latents, t, text, pose, face, pose_scale, face_scale)
-        return self.unet_noise(latents, reference, t, text, down, mid)
+        return self.unet_noise(latents, reference, t, text, down, mid, image_embeds)
 
-    def reference_features(self, reference: Tensor, t: Tensor, text: Tensor) -> FeatureStore:
+    def reference_features(
+        self, reference: Tensor, t: Tensor, text: Tensor, image_embeds: Tensor | None = None
+    ) -> FeatureStore:
         """One UNet pass on the reference alone, a one-frame video per branch of ``text``
-        (B, 77, D), treated as frame 0 of the model's layout is (the adapter over itself,
-        motion modules bypassed, no ControlNet residuals): the ``K_R``/``V_R`` of every adapter
-        layer (§3.2, Eq. 2), for `frames_noise`. (The UNet's output is not needed; the layers
-        after the last adapter layer still run.)"""
+        (B, 77, D) and ``image_embeds`` (B, 1, T, D, with an IP-Adapter), treated as frame 0 of
+        the model's layout is (the adapter over itself, motion modules bypassed, no ControlNet
+        residuals): the ``K_R``/``V_R`` of every adapter layer (§3.2, Eq. 2), for
+        `frames_noise`. (The UNet's output is not needed; the layers after the last adapter
+        layer still run.)"""
         store = FeatureStore()
         sample = reference[:, :, None].expand(text.shape[0], -1, -1, -1, -1)
         with self.adapter.record(self.unet, store), bypass_motion_modules(self.unet):
-            self.unet(sample, t, encoder_hidden_states=text, return_dict=False)
+            self.unet(
+                sample,
+                t,
+                encoder_hidden_states=text,
+                added_cond_kwargs=image_conditioning(image_embeds),
+                return_dict=False,
+            )
         return store
 
     def frames_noise(
-        self, latents: Tensor, t: Tensor, text: Tensor, down: list[Tensor], mid: Tensor
+        self,
+        latents: Tensor,
+        t: Tensor,
+        text: Tensor,
+        down: list[Tensor],
+        mid: Tensor,
+        image_embeds: Tensor | None = None,
     ) -> Tensor:
         """Noise prediction (B, C, F, h, w) of the UNet on the generated frames alone, given
-        their ControlNet residuals; the reference is the one the adapter reads: run inside
+        their ControlNet residuals (and IP-Adapter ``image_embeds``, as in `unet_noise`); the
+        reference is the one the adapter reads: run inside
         ``adapter.attach(unet, recorded=reference_features(...))``."""
         hidden = text.repeat_interleave(latents.shape[2], dim=0)
         return self.unet(
             latents,
             t,
             encoder_hidden_states=hidden,
+            added_cond_kwargs=image_conditioning(image_embeds),
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
             return_dict=False,
@@ -340,15 +438,17 @@ class XDynaPipeline(DiffusionPipeline):
         text: Tensor,
         residuals: WindowResiduals,
         reference: Tensor | None = None,
+        image_embeds: Tensor | None = None,
     ) -> Tensor:
         """Noise prediction of the ``frames`` of the whole video's (1, C, F, h, w) latents, for
-        every branch of ``text``, with residuals from ``residuals``: `unet_noise` with
-        ``reference`` as frame 0, or `frames_noise` (None: the adapter reads a recorded one)."""
+        every branch of ``text`` (and of ``image_embeds``), with residuals from ``residuals``:
+        `unet_noise` with ``reference`` as frame 0, or `frames_noise` (None: the adapter reads
+        a recorded one)."""
         branches = latents[:, :, frames.start : frames.stop].expand(text.shape[0], -1, -1, -1, -1)
         down, mid = residuals.window(frames)
         if reference is None:
-            return self.frames_noise(branches, t, text, down, mid)
-        return self.unet_noise(branches, reference, t, text, down, mid)
+            return self.frames_noise(branches, t, text, down, mid, image_embeds)
+        return self.unet_noise(branches, reference, t, text, down, mid, image_embeds)
 
     def step_noise(
         self,
@@ -359,20 +459,27 @@ class XDynaPipeline(DiffusionPipeline):
         text: Tensor,
         residuals: WindowResiduals,
         cache_reference: bool = True,
+        image_embeds: Tensor | None = None,
     ) -> Tensor:
         """Noise prediction (B, C, F, h, w) of one denoising step, for every branch of
-        ``text``: the ``windows``' predictions averaged per frame. With ``cache_reference`` the
-        reference goes through the UNet once (`reference_features`) and each window holds its
-        generated frames only; else the reference is frame 0 of every window's pass."""
+        ``text`` (and of IP-Adapter ``image_embeds``): the ``windows``' predictions averaged
+        per frame. With ``cache_reference`` the reference goes through the UNet once
+        (`reference_features`) and each window holds its generated frames only; else the
+        reference is frame 0 of every window's pass."""
         predict = functools.partial(
-            self.window_noise, latents=latents, t=t, text=text, residuals=residuals
+            self.window_noise,
+            latents=latents,
+            t=t,
+            text=text,
+            residuals=residuals,
+            image_embeds=image_embeds,
         )
         num_frames = latents.shape[2]
         if not cache_reference:
             with self.adapter_context():
                 in_pass = functools.partial(predict, reference=reference)
                 return windowed_prediction(in_pass, windows, num_frames, frame_dim=2)
-        recorded = self.reference_features(reference, t, text)
+        recorded = self.reference_features(reference, t, text, image_embeds)
         with self.adapter.attach(self.unet, recorded=recorded):
             return windowed_prediction(predict, windows, num_frames, frame_dim=2)
 
@@ -412,15 +519,20 @@ class XDynaPipeline(DiffusionPipeline):
         decode_chunk_size: int = 8,
         on_step: StepCallback | None = None,
         cache_reference: bool = True,
+        ip_adapter_scale: float = 1.0,
     ) -> Tensor:
         """Animate ``image`` (3, H, W) in [0, 1] with ``pose_images`` (F, 3, H, W) and
         optional ``face_images`` (F, 6, H, W), both in [0, 1] at the image's size (H and W
         multiples of 8). Returns the F generated frames (F, 3, H, W) in [0, 1].
 
-        Classifier-free guidance runs when ``guidance_scale > 1`` and ``prompt`` differs from
-        ``negative_prompt``: the two branches differ by the prompt only, so with equal prompts
-        (the default, both empty) the guided prediction is the conditional one and a single
-        branch runs, exactly as with ``guidance_scale=1``. ``cache_reference`` (default) runs
+        With an IP-Adapter in the UNet, ``image`` also gives image tokens to every UNet pass,
+        their attention weighted by ``ip_adapter_scale`` (the release: 1; ignored without an
+        IP-Adapter). Classifier-free guidance runs when ``guidance_scale > 1`` and the branches
+        differ: by the prompt (``prompt`` vs ``negative_prompt``) or by the image tokens (the
+        image's vs a zero image's, whenever ``ip_adapter_scale`` is not 0). With equal prompts
+        and no image tokens (the default without IP-Adapter, both prompts empty) the guided
+        prediction is the conditional one and a single branch runs, exactly as with
+        ``guidance_scale=1``. ``cache_reference`` (default) runs
         the reference through the UNet once per step and branch and the windows on their
         generated frames only (see the module docstring); False puts it in front of every
         window as in training (`predict_noise`): the same video up to float rounding, slower,
@@ -434,8 +546,10 @@ class XDynaPipeline(DiffusionPipeline):
         if face_images is not None and tuple(face_images.shape) != (num_frames, 6, height, width):
             raise ValueError(f"face images must be ({num_frames}, 6, {height}, {width})")
         device = self._execution_device
-        cfg = guidance_scale > 1.0 and prompt != negative_prompt
+        tokens = self.has_ip_adapter and ip_adapter_scale != 0.0
+        cfg = guidance_scale > 1.0 and (prompt != negative_prompt or tokens)
         text = self.encode_prompt([negative_prompt, prompt] if cfg else [prompt])
+        image_embeds = self.branch_image_embeds(image, cfg)
         pose = pose_images.to(device)
         face = None if face_images is None else face_images.to(device)
 
@@ -445,13 +559,16 @@ class XDynaPipeline(DiffusionPipeline):
         windows = sliding_windows(num_frames, window, overlap)
         timesteps = self.scheduler.timesteps
 
-        with self.progress_bar(total=len(timesteps)) as progress:
+        with (
+            self.progress_bar(total=len(timesteps)) as progress,
+            self.ip_adapter_scale(ip_adapter_scale),
+        ):
             for i, t in enumerate(timesteps):
                 residuals = WindowResiduals(
                     self, latents, t, text, pose, face, pose_scale, face_scale
                 )
                 noise = self.step_noise(
-                    windows, latents, reference, t, text, residuals, cache_reference
+                    windows, latents, reference, t, text, residuals, cache_reference, image_embeds
                 )
                 if cfg:
                     uncond, cond = noise.chunk(2)
