@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,12 +65,17 @@ def check_spatial_self(layers: dict[str, nn.Module]) -> None:
         )
 
 
-class _ExtendedHook(AttentionHook):
+class OwnerAttention(AttentionHook):
+    """A layer's hook that hands the attention itself to its owner's ``attend(call, query,
+    key, value)`` while the owner is active; ``what`` names the owner in errors (these owners
+    take no ``attention_mask``)."""
+
     may_edit = True
     attends = True
 
-    def __init__(self, owner: ExtendedAttention) -> None:
+    def __init__(self, owner: Any, what: str) -> None:
         self.owner = owner
+        self.what = what
 
     def edits(self, call: AttentionCall) -> bool:
         return self.owner.active()
@@ -80,7 +86,7 @@ class _ExtendedHook(AttentionHook):
         if not self.owner.active():
             return None
         if mask is not None:
-            raise ValueError(f"{call.layer}: extended attention takes no attention_mask")
+            raise ValueError(f"{call.layer}: {self.what} takes no attention_mask")
         return self.owner.attend(call, query, key, value)
 
 
@@ -120,7 +126,7 @@ class ExtendedAttention(Hooks):
         check_spatial_self(layers)
         self._watch_inputs()
         for name, attn in layers.items():
-            self._attach(name, attn, _ExtendedHook(self))
+            self._attach(name, attn, OwnerAttention(self, "extended attention"))
 
     def plan(self, num_frames: int) -> _Plan:
         if num_frames not in self._plans:

@@ -50,7 +50,7 @@ from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from anima.attention.extended import ExtendedAttention, check_spatial_self
+from anima.attention.extended import ExtendedAttention, OwnerAttention, check_spatial_self
 from anima.attention.frames import frame_count, frame_index, groups
 from anima.attention.layers import SPATIAL_SELF, Patterns, all_attention_layers, attention_layers
 from anima.attention.processor import AttentionCall, AttentionHook, Hooks
@@ -294,26 +294,6 @@ def _self_and(reference: int) -> Callable[[int, int], list[int]]:
     return window
 
 
-class _RecordedKVHook(AttentionHook):
-    may_edit = True
-    attends = True
-
-    def __init__(self, owner: RecordedKV) -> None:
-        self.owner = owner
-
-    def edits(self, call: AttentionCall) -> bool:
-        return self.owner.active()
-
-    def attend(
-        self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None
-    ) -> Tensor | None:
-        if not self.owner.active():
-            return None
-        if mask is not None:
-            raise ValueError(f"{call.layer}: reference K/V take no attention_mask")
-        return self.owner.attend(call, query, key, value)
-
-
 class RecordedKV(Hooks):
     """Every frame attends to the reference K/V ``recorded`` instead of its own, or to both
     (``keep_self``), on the spatial self-attention ``layers`` (see `reference_kv`)."""
@@ -344,7 +324,7 @@ class RecordedKV(Hooks):
         check_spatial_self(layers)
         self._watch_inputs()
         for name, attn in layers.items():
-            self._attach(name, attn, _RecordedKVHook(self))
+            self._attach(name, attn, OwnerAttention(self, "attention to recorded reference K/V"))
 
     def attend(self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         """Each frame's queries over ``[K_R]`` (or ``[K_R, own K]``) and the values alike."""

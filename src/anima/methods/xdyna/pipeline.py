@@ -352,17 +352,7 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
         (mid,) = with_reference_residuals([mid], batch, frames)
         ref = reference[:, :, None].expand(batch, -1, 1, -1, -1).to(latents.dtype)
         sample = torch.cat([ref, latents], dim=2)
-        hidden = text.repeat_interleave(frames + 1, dim=0)
-        noise = self.unet(
-            sample,
-            t,
-            encoder_hidden_states=hidden,
-            added_cond_kwargs=image_conditioning(image_embeds),
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )[0]
-        return noise[:, :, 1:]
+        return self.frames_noise(sample, t, text, down, mid, image_embeds)[:, :, 1:]
 
     def predict_noise(
         self,
@@ -415,10 +405,11 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
         mid: Tensor,
         image_embeds: Tensor | None = None,
     ) -> Tensor:
-        """Noise prediction (B, C, F, h, w) of the UNet on the generated frames alone, given
-        their ControlNet residuals (and IP-Adapter ``image_embeds``, as in `unet_noise`); the
-        reference is the one the adapter reads: run inside
-        ``adapter.attach(unet, recorded=reference_features(...))``."""
+        """Noise prediction (B, C, F, h, w) of the UNet on the frames of ``latents`` given their
+        ControlNet residuals and IP-Adapter ``image_embeds`` (B, 1, T, D; the UNet gives them
+        to every frame). On generated frames alone the reference is the one the adapter reads:
+        run inside ``adapter.attach(unet, recorded=reference_features(...))``; `unet_noise`
+        puts the reference in front."""
         hidden = text.repeat_interleave(latents.shape[2], dim=0)
         return self.unet(
             latents,
