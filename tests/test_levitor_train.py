@@ -21,7 +21,12 @@ from anima.cli_train import train_app
 from anima.errors import InputError
 from anima.io import write_depth_png, write_png
 from anima.methods.levitor.controls import control_signal
-from anima.methods.levitor.dataset import LevitorBatch, LevitorDataset, moved_objects
+from anima.methods.levitor.dataset import (
+    LevitorBatch,
+    LevitorDataset,
+    moved_objects,
+    moving_pixels,
+)
 from anima.methods.levitor.train import (
     StepNoise,
     TrainConfig,
@@ -32,6 +37,7 @@ from anima.methods.levitor.train import (
     initial_controlnet,
     levitor_loss,
     load_frozen_models,
+    moving_pixel_weight,
     svd_conditioning,
     train_levitor,
     v_prediction_denoised,
@@ -230,6 +236,30 @@ def test_edm_terms_are_the_euler_schedulers() -> None:
     x0 = v_prediction_denoised(x, v, sigma)
     edm = torch.mean((sigma**2 + 1) / sigma**2 * (x0 - z0) ** 2)
     assert torch.allclose(epsilon_loss(x, eps, v, sigma, "edm"), edm, atol=1e-5)
+
+
+def test_moving_weight_covers_the_moved_object_and_what_it_uncovers(data_dir: Path) -> None:
+    sample = LevitorDataset(data_dir, FRAMES, SIZE).load(0, 1)
+    moving = moving_pixels(sample.instance, sample.moved_ids)
+    square, box = sample.instance == 1, sample.instance == 2
+    assert torch.equal(moving, square | square[:1])  # the static box is not weighted
+    assert not bool((moving & box).any())
+
+    weight = moving_pixel_weight(moving[None], (16, 16), 10.0)
+    assert weight.shape == (1, FRAMES, 1, 16, 16)
+    assert set(weight.unique().tolist()) == {1.0, 10.0}
+    # a latent pixel is weighted exactly when its 4x4 patch holds a moving pixel
+    touched = moving.reshape(FRAMES, 16, 4, 16, 4).any(dim=4).any(dim=2)
+    assert torch.equal(weight[0, :, 0] == 10.0, touched)
+
+    # the weight scales each latent pixel's term of Eq. 6
+    generator = torch.Generator().manual_seed(0)
+    sigma = torch.tensor([2.0]).reshape(1, 1, 1, 1, 1)
+    z0, eps, v = (torch.randn(1, FRAMES, 4, 16, 16, generator=generator) for _ in range(3))
+    x = z0 + sigma * eps
+    target = (eps - sigma * z0) / torch.sqrt(sigma**2 + 1)
+    weighted = epsilon_loss(x, eps, v, sigma, "edm", weight)
+    assert torch.allclose(weighted, torch.mean(weight * (target - v) ** 2), atol=1e-6)
 
 
 def test_training_conditioning_is_the_inference_pipelines(data_dir: Path) -> None:

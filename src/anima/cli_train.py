@@ -49,6 +49,8 @@ _OPTION_OF = {
     "init": "--init",
     "variant": "--variant",
     "loss_weighting": "--loss-weighting",
+    "moving_weight": "--moving-weight",
+    "p_mean": "--p-mean",
 }
 
 
@@ -101,6 +103,13 @@ def train_levitor_command(
         str,
         typer.Option(help="Eq. 6 as written (epsilon) or EDM's lambda(sigma) weighting (edm)."),
     ] = "epsilon",
+    moving_weight: Annotated[
+        float,
+        typer.Option(help="Loss weight on latent pixels moved objects cover or uncover (1: off)."),
+    ] = 1.0,
+    p_mean: Annotated[
+        float, typer.Option(help="Mean of ln sigma, EDM's log-normal noise levels.")
+    ] = 0.7,
     log_every: Annotated[int, typer.Option(help="Steps between log.jsonl lines.")] = 10,
     num_workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
     allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
@@ -129,6 +138,8 @@ def train_levitor_command(
             seed=seed,
             variant=variant,
             loss_weighting=loss_weighting,
+            moving_weight=moving_weight,
+            p_mean=p_mean,
             log_every=log_every,
             num_workers=num_workers,
             init=init,

@@ -201,10 +201,12 @@ class ClipSample:
 
 @dataclass
 class LevitorBatch:
-    """A batch of samples: ``frames`` and ``control`` are (B, F, 3, H, W)."""
+    """A batch of samples: ``frames`` and ``control`` are (B, F, 3, H, W); ``moving`` is
+    (B, F, H, W) bool, the pixels of the moved objects in each frame (`moving_pixels`)."""
 
     frames: Tensor
     control: Tensor
+    moving: Tensor
     clips: list[str]
     starts: list[int]
 
@@ -213,9 +215,19 @@ class LevitorBatch:
         return cls(
             frames=torch.stack([s.frames for s in samples]),
             control=torch.stack([s.control for s in samples]),
+            moving=torch.stack([moving_pixels(s.instance, s.moved_ids) for s in samples]),
             clips=[s.clip for s in samples],
             starts=[s.start for s in samples],
         )
+
+
+def moving_pixels(instance: Tensor, moved_ids: Sequence[int]) -> Tensor:
+    """(F, H, W) bool: where a moved object is in each frame or was in the first one (the
+    region it uncovers), i.e. every pixel whose content a trajectory decides."""
+    moving = torch.zeros(instance.shape, dtype=torch.bool)
+    for obj in moved_ids:
+        moving |= instance == obj
+    return moving | moving[:1]
 
 
 class LevitorDataset:

@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from anima.errors import InputError
@@ -138,6 +139,12 @@ class TrainConfig(BaseModel):
     p_std: float = Field(1.6, gt=0, description="EDM log-normal sigma: std of ln sigma.")
     loss_weighting: LossWeighting = Field(
         "epsilon", description="Eq. 6 as written ('epsilon') or EDM's lambda(sigma) ('edm')."
+    )
+    moving_weight: float = Field(
+        1.0,
+        ge=1,
+        description="Weight of Eq. 6 on latent pixels a moved object covers or uncovers (1: the "
+        "paper's uniform loss).",
     )
     vae_sample: bool = Field(True, description="Sample the VAE posterior (else its mean).")
     vae_encode_chunk: int = Field(8, ge=1, description="Frames the VAE encodes at a time.")
@@ -280,18 +287,33 @@ def epsilon_loss(
     model_output: Tensor,
     sigma: Tensor,
     weighting: LossWeighting = "epsilon",
+    pixel_weight: Tensor | None = None,
 ) -> Tensor:
     """Eq. 6: ``mean((eps - (x - D) / sigma)^2)`` with D from the v-prediction ``F``.
 
     ``weighting="edm"`` multiplies each sample's term by ``sigma^2 + 1``: EDM's
     ``lambda(sigma) ||D - z0||^2`` (with ``sigma_data = 1``), i.e. weight 1 on the v-error. The
     plain epsilon loss weights the v-error by ``1 / (sigma^2 + 1)``, so the high noise levels,
-    where the layout and hence the motion is decided, barely teach anything."""
+    where the layout and hence the motion is decided, barely teach anything.
+    ``pixel_weight`` (broadcast against the latents) scales each latent pixel's term."""
     eps_hat = (sample - v_prediction_denoised(sample, model_output, sigma)) / sigma
     squared = (noise - eps_hat) ** 2
     if weighting == "edm":
         squared = squared * (sigma**2 + 1.0)
+    if pixel_weight is not None:
+        squared = squared * pixel_weight
     return torch.mean(squared)
+
+
+def moving_pixel_weight(moving: Tensor, latent_size: tuple[int, int], weight: float) -> Tensor:
+    """(B, F, 1, h, w) loss weights: ``weight`` on latent pixels that touch a moving pixel
+    (``moving``: (B, F, H, W) bool, max-pooled to the latent grid), 1 elsewhere.
+
+    Moved objects cover a few percent of a toy frame, so under the uniform Eq. 6 the gradient
+    that teaches the ControlNet to place them is drowned by the background's."""
+    b, f = moving.shape[:2]
+    pooled = F.adaptive_max_pool2d(moving.flatten(0, 1)[:, None].float(), latent_size)
+    return (1.0 + (weight - 1.0) * pooled).reshape(b, f, 1, *latent_size)
 
 
 # ------------------------------------------------------------------------------------------
@@ -364,8 +386,10 @@ def levitor_loss(
     vae_sample: bool = True,
     vae_encode_chunk: int = 8,
     loss_weighting: LossWeighting = "epsilon",
+    moving_weight: float = 1.0,
 ) -> Tensor:
-    """Eq. 6 on one batch with the given random draws (see the module docstring).
+    """Eq. 6 on one batch with the given random draws (see the module docstring), weighted by
+    ``moving_weight`` on the moved objects' latent pixels (`moving_pixel_weight`).
 
     ``pipe`` holds the frozen models (a `LeviTorPipeline`); ``controlnet`` is the model being
     trained (possibly wrapped by accelerate). Returns a float32 scalar.
@@ -402,7 +426,11 @@ def levitor_loss(
             added_time_ids=cond.time_ids,
             return_dict=False,
         )[0]
-    return epsilon_loss(noisy, noise, output.float(), sigma, loss_weighting)
+    pixel_weight = None
+    if moving_weight != 1.0:
+        latent_size = tuple(z0.shape[-2:])
+        pixel_weight = moving_pixel_weight(batch.moving, latent_size, moving_weight).to(device)
+    return epsilon_loss(noisy, noise, output.float(), sigma, loss_weighting, pixel_weight)
 
 
 # ------------------------------------------------------------------------------------------
@@ -692,6 +720,7 @@ def train_levitor(
                 vae_sample=config.vae_sample,
                 vae_encode_chunk=config.vae_encode_chunk,
                 loss_weighting=config.loss_weighting,
+                moving_weight=config.moving_weight,
             )
             accelerator.backward(loss / accumulation)
         micro_losses.append(loss.detach())
