@@ -281,6 +281,21 @@ def test_summary_separates_following_from_static() -> None:
     assert static["psnr"] < 40 and static["ssim"] < 0.99
 
 
+def test_held_objmc_does_not_reward_a_video_that_loses_its_object() -> None:
+    truth = make_clip()
+    exact = summary(truth.frames, truth)
+    static = summary(make_clip(path=[PATH[0]] * FRAMES).frames, truth)
+    # follows the path for three frames, then the object is gone
+    lost = summary(make_clip(path=PATH[:3] + [(-100.0, -100.0)] * (FRAMES - 3)).frames, truth)
+    assert static["tracked_fraction"] == 1.0 and static["objmc_held"] == static["objmc"]
+    assert lost["tracked_fraction"] < 0.5
+    # the tracked-only ObjMC ranks the lost object far above the still video ...
+    assert lost["objmc"] < 0.25 * static["objmc"]
+    # ... the held one puts it between the exact video and the still one
+    assert exact["objmc_held"] < 0.25 * lost["objmc_held"]
+    assert lost["objmc_held"] > 0.5 * static["objmc_held"]
+
+
 def test_video_truth_validates_shapes() -> None:
     truth = make_clip()
     with pytest.raises(ValueError):

@@ -33,6 +33,8 @@ COLUMNS = (
     ("scale_err", "Scale err ↓", 3),
     ("psnr", "PSNR ↑", 2),
     ("ssim", "SSIM ↑", 3),
+    ("objmc_held", "ObjMC held ↓", 2),
+    ("tracked_fraction", "Tracked ↑", 2),
 )
 
 
@@ -56,9 +58,10 @@ def results_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"LeviTor on {n} toy clips (seed {report['settings']['seed']})")
     table.caption = (
         "means over clips, (n=k): k clips had a value; first_frame = frame 0 repeated "
-        "(reference, never bold); bold = best variant"
+        "(reference, never bold); bold = best variant; ObjMC averages the points still tracked "
+        "(Tracked: their share), ObjMC held all, lost ones at their last position"
     )
-    table.add_column("variant")
+    table.add_column("variant", no_wrap=True)
     for _key, title, _digits in COLUMNS:
         table.add_column(title, justify="right")
     best = {key: _best(report, key, HIGHER_IS_BETTER[key]) for key, _t, _d in COLUMNS}

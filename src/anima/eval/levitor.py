@@ -56,10 +56,13 @@ from anima.weights import SVD, Component, Weights
 VARIANTS = ("base", *CONTROL_VARIANTS)
 #: The reference row: the first frame repeated (``reference`` in the JSON).
 REFERENCE = "first_frame"
-METRICS = ("objmc", "occlusion_acc", "scale_err", "psnr", "ssim")
+#: The issue's five, then the views of ObjMC's coverage (`anima.metrics.summary`).
+METRICS = ("objmc", "occlusion_acc", "scale_err", "psnr", "ssim", "objmc_held", "tracked_fraction")
 #: True where larger is better.
 HIGHER_IS_BETTER = {
     "objmc": False,
+    "objmc_held": False,
+    "tracked_fraction": True,
     "occlusion_acc": True,
     "scale_err": False,
     "psnr": True,

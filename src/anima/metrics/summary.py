@@ -7,6 +7,17 @@
 - ``objmc_object``: the object-level (centroid) variant;
 - ``tracked_fraction``: the fraction of truth-visible (point, frame) pairs, frame 0 excluded,
   that the tracker still follows, the coverage ObjMC is averaged over;
+- ``objmc_held``: ObjMC over every pair the truth shows without a break since frame 0, a lost
+  point counting at its last tracked position, as if its object had stopped there.
+
+``objmc`` only averages over the points the tracker still follows, so it favours videos that
+lose their objects early: a video whose objects blur or dissolve is scored on its first frames
+only, while the objects are still near their start. ``objmc_held`` has no such bias (such a
+video scores like a still one) but carries the tracker's own failures: frame-to-frame
+Lucas-Kanade loses points at occlusion edges and on fast, small objects even in the truth video,
+and pairs after a break in visibility are left out because it cannot pick a point up again
+(CoTracker, which the papers use, predicts through occlusions). Read the two together, with
+``tracked_fraction``.
 - ``occlusion_acc``: occlusion accuracy (:mod:`anima.metrics.occlusion`);
 - ``scale_err``: mean |log scale ratio| (:mod:`anima.metrics.scale`) over frames where the object
   is visible both in the truth and in the generated video;
@@ -127,6 +138,8 @@ def summary(
     result["tracked_fraction"] = (
         float(valid[:, 1:][seen].double().mean()) if bool(seen.any()) else float("nan")
     )
+    in_view = torch.cummin(visible.int(), dim=1).values.bool()
+    result["objmc_held"] = objmc(pred_tracks, truth.tracks, in_view)
 
     ids = [i for i in truth.object_ids if bool((truth.instance[0] == i).any())]
     if not ids:
