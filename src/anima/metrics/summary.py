@@ -8,7 +8,12 @@
 - ``tracked_fraction``: the fraction of truth-visible (point, frame) pairs, frame 0 excluded,
   that the tracker still follows, the coverage ObjMC is averaged over;
 - ``objmc_held``: ObjMC over every pair the truth shows without a break since frame 0, a lost
-  point counting at its last tracked position, as if its object had stopped there.
+  point counting at its last tracked position, as if its object had stopped there;
+- ``occlusion_acc``: occlusion accuracy (:mod:`anima.metrics.occlusion`);
+- ``scale_err``: mean |log scale ratio| (:mod:`anima.metrics.scale`) over frames where the object
+  is visible both in the truth and in the generated video;
+- ``psnr`` (dB, capped at ``psnr_cap`` so identical videos give a finite number) and ``ssim``
+  against the truth frames (:mod:`anima.metrics.image`).
 
 ``objmc`` only averages over the points the tracker still follows, so it favours videos that
 lose their objects early: a video whose objects blur or dissolve is scored on its first frames
@@ -18,11 +23,6 @@ Lucas-Kanade loses points at occlusion edges and on fast, small objects even in 
 and pairs after a break in visibility are left out because it cannot pick a point up again
 (CoTracker, which the papers use, predicts through occlusions). Read the two together, with
 ``tracked_fraction``.
-- ``occlusion_acc``: occlusion accuracy (:mod:`anima.metrics.occlusion`);
-- ``scale_err``: mean |log scale ratio| (:mod:`anima.metrics.scale`) over frames where the object
-  is visible both in the truth and in the generated video;
-- ``psnr`` (dB, capped at ``psnr_cap`` so identical videos give a finite number) and ``ssim``
-  against the truth frames (:mod:`anima.metrics.image`).
 
 Visibility is judged per frame with a 50 % visible-area threshold in the truth and a 0.5 NCC
 threshold in the video (:mod:`anima.metrics.occlusion`); on frames where an object is 25-65 %

@@ -28,6 +28,9 @@ Algebraically ``eps - eps_hat = (F_target - F) / sqrt(sigma^2 + 1)`` with
 ``F_target = (eps - sigma z0) / sqrt(sigma^2 + 1)``, so Eq. 6 is EDM's v-loss weighted by
 ``1 / (sigma^2 + 1)`` (EDM's own weighting is ``lambda = (sigma^2 + 1) / sigma^2`` on the
 x0-error, i.e. weight 1 on the v-error): the paper's loss, written in SVD's parameterisation.
+Two departures from it are options, off by default: ``loss_weighting="edm"`` (EDM's lambda) and
+``moving_weight`` (a larger weight on the latent pixels moved objects cover or uncover,
+`moving_pixel_weight`), both for small models that must learn control in few steps.
 
 Conditioning is exactly inference's (`LeviTorPipeline`): the CLIP embedding of the first frame
 (224 px antialiased resize, CLIP normalisation; the pipeline's ``encode_image_embedding``), the
