@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from anima.errors import InputError
 from anima.io import atomic_dir
-from anima.models.loading import CONTROLNET_CLASS_NAMES
+from anima.models.loading import CONTROLNET_CLASS_NAMES, read_weights_file
 from anima.models.svd_controlnet import SVDControlNetModel
 from anima.weights import PICKLE_SUFFIXES
 
@@ -36,7 +36,7 @@ def _controlnet_folder(source: Path) -> Path:
 def _read_state_dict(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     safetensors = sorted(folder.glob("*.safetensors"))
     if safetensors:
-        return load_file(safetensors[0])
+        return read_weights_file(safetensors[0])
     pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not pickles:
         raise InputError("no weights file (.safetensors or .bin)", f"in {folder}")
@@ -44,7 +44,7 @@ def _read_state_dict(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor
         raise InputError(
             f"{pickles[0].name} is a pickle file; pass --allow-pickle to convert it", f"in {folder}"
         )
-    state = torch.load(pickles[0], map_location="cpu", weights_only=True)
+    state = read_weights_file(pickles[0])
     return state.get("state_dict", state)
 
 

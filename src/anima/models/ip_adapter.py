@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from anima.errors import InputError
-from anima.models.loading import check_state
+from anima.models.loading import check_state, read_weights_file
 from anima.weights import PICKLE_SUFFIXES
 
 #: The two parts of an IP-Adapter checkpoint.
@@ -123,12 +123,7 @@ def _read_safetensors(path: Path) -> IPAdapterState:
 
 
 def _read_pickle(path: Path) -> IPAdapterState:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling raises many types; all mean "not readable"
-        lines = str(err).strip().splitlines()
-        reason = lines[0] if lines else type(err).__name__
-        raise InputError(f"cannot read {path.name}: {reason}", str(path)) from err
+    loaded = read_weights_file(path)
     if not isinstance(loaded, Mapping):
         raise InputError(f"{path.name} holds no state dict", str(path))
     return {

@@ -19,6 +19,7 @@ from diffusers import (
     UNetSpatioTemporalConditionModel,
 )
 from diffusers.utils import logging as diffusers_logging
+from safetensors.torch import load_file
 from transformers import CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
@@ -54,6 +55,20 @@ def load_model(
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise InputError(f"cannot load {kind} ({reason})", str(folder)) from error
+
+
+def read_weights_file(path: Path) -> Any:
+    """What a checkpoint file holds: ``safetensors`` by suffix, else a pickle read with
+    ``torch.load(weights_only=True)`` (tensors and plain containers only; callers ask for
+    ``--allow-pickle`` first). Any failure is one `InputError` naming the file."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling raises many types; all mean "not readable"
+        lines = str(error).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        raise InputError(f"cannot read {path.name}: {reason}", str(path)) from error
 
 
 def check_state(

@@ -57,7 +57,6 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import ControlNetModel, MotionAdapter, UNet2DConditionModel
 from diffusers.models.modeling_utils import ModelMixin
-from safetensors.torch import load_file
 
 from anima.errors import InputError
 from anima.io import atomic_dir, atomic_path
@@ -72,7 +71,7 @@ from anima.models.ip_adapter import (
     read_ip_adapter,
     save_ip_adapter,
 )
-from anima.models.loading import check_state
+from anima.models.loading import check_state, read_weights_file
 
 #: The release's motion modules: AnimateDiff v1 (8 heads, positions up to 24 frames).
 MOTION_NUM_ATTENTION_HEADS = 8
@@ -153,16 +152,7 @@ def read_checkpoint(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         raise InputError(
             f"{path.name} is a pickle file; pass --allow-pickle to convert it", f"in {path.parent}"
         )
-    try:
-        if safetensors:
-            state: Any = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling raises many types; all mean "not readable"
-        lines = str(err).strip().splitlines()
-        raise InputError(
-            f"cannot read {path.name}: {lines[0] if lines else type(err).__name__}", str(path)
-        ) from err
+    state = read_weights_file(path)
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
