@@ -41,3 +41,20 @@ def make_scene(
 @pytest.fixture
 def examples_dir() -> Path:
     return EXAMPLES
+
+
+def acting_adapter(unet: torch.nn.Module, query_noise: float = 0.0, seed: int = 6):
+    """A Dynamics-Adapter of ``unet`` that does something: W'_O ~ N(0, 0.3^2), and W'_Q = W_Q
+    plus ``query_noise`` times standard noise (``0``: W'_Q = W_Q)."""
+    from anima.methods.xdyna.adapter import DynamicsAdapter
+
+    adapter = DynamicsAdapter.from_unet(unet)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in adapter.weights:
+            weights = adapter.weights[name]
+            weights.to_out.weight.normal_(std=0.3, generator=generator)
+            if query_noise:
+                noise = torch.randn(weights.to_q.weight.shape, generator=generator)
+                weights.to_q.weight.add_(noise, alpha=query_noise)
+    return adapter

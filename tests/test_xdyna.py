@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import acting_adapter
 
 from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.methods.xdyna.pipeline import WindowResiduals, XDynaPipeline, gaussian_blur
@@ -48,13 +49,7 @@ def pipe() -> XDynaPipeline:
 @pytest.fixture(scope="module")
 def adapted_pipe(pipe) -> XDynaPipeline:
     """`pipe` with a Dynamics-Adapter that does something (W'_O != 0, W'_Q != W_Q)."""
-    adapter = DynamicsAdapter.from_unet(pipe.unet)
-    g = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for name in adapter.weights:
-            weights = adapter.weights[name]
-            weights.to_out.weight.normal_(std=0.3, generator=g)
-            weights.to_q.weight.add_(torch.randn(weights.to_q.weight.shape, generator=g), alpha=0.1)
+    adapter = acting_adapter(pipe.unet, query_noise=0.1)
     components = {**pipe.components, "adapter": adapter}
     adapted = XDynaPipeline(**components)
     adapted.set_progress_bar_config(disable=True)

@@ -6,10 +6,10 @@ import re
 
 import pytest
 import torch
+from conftest import acting_adapter
 
 from anima.attention import FeatureStore, capture
 from anima.errors import InputError
-from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.methods.xdyna.loading import load_ip_adapter, tiny_xdyna_components
 from anima.methods.xdyna.pipeline import XDynaPipeline
 from anima.methods.xdyna.reference_frame import skip_reference_in_motion_modules
@@ -106,11 +106,7 @@ def test_cfg_runs_both_branches_with_image_tokens_even_with_equal_prompts(ip_pip
 @pytest.fixture(scope="module")
 def adapted_ip_pipe(ip_pipe) -> XDynaPipeline:
     """`ip_pipe` with a Dynamics-Adapter that acts (W'_O != 0)."""
-    adapter = DynamicsAdapter.from_unet(ip_pipe.unet)
-    g = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for name in adapter.weights:
-            adapter.weights[name].to_out.weight.normal_(std=0.3, generator=g)
+    adapter = acting_adapter(ip_pipe.unet)
     pipe = XDynaPipeline(**{**ip_pipe.components, "adapter": adapter})
     pipe.set_progress_bar_config(disable=True)
     return pipe
