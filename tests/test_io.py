@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from anima import io
 from anima.errors import InputError
@@ -272,19 +272,40 @@ def test_gif_round_trip_keeps_repeated_frames(tmp_path: Path) -> None:
     assert Image.open(path).info.get("loop") == 0
 
 
-def test_folder_round_trip_replaces_existing(tmp_path: Path) -> None:
+def test_folder_output_is_written_into_and_keeps_other_files(tmp_path: Path) -> None:
     frames = smooth_frames(3, 10, 12)
     path = tmp_path / "frames"
     path.mkdir()
-    (path / "stale.txt").write_text("old")
+    (path / "mine.txt").write_text("the user's")
 
     io.write_video(path, frames, fps=10)
 
-    assert leftovers(path) == ["0000.png", "0001.png", "0002.png"]
+    assert leftovers(path) == [io.MANIFEST_NAME, "0000.png", "0001.png", "0002.png", "mine.txt"]
     assert leftovers(tmp_path) == ["frames"]
     read, fps = io.read_video(path, folder_fps=10)
     assert fps == 10
     assert (read - frames).abs().max() <= 0.5 / 255 + 1e-6
+    # a shorter clip replaces the frames anima wrote (none stale) and nothing else
+    io.write_video(path, frames[:2], fps=10)
+    assert leftovers(path) == [io.MANIFEST_NAME, "0000.png", "0001.png", "mine.txt"]
+    assert (path / "mine.txt").read_text() == "the user's"
+
+
+def test_a_plain_file_is_never_turned_into_a_folder(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("keep")
+    with pytest.raises(InputError, match="is a file"):
+        io.write_video(plain, smooth_frames(2, 4, 4), fps=8)
+    assert plain.read_text() == "keep" and leftovers(tmp_path) == ["plain"]
+
+
+def test_gif_frame_rate_is_clamped_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "fast.gif"
+    with pytest.warns(UserWarning, match="at most 50 fps"):
+        io.write_video(path, smooth_frames(4, 8, 8), fps=240)
+    assert [frame.info["duration"] for frame in ImageSequence.Iterator(Image.open(path))] == [
+        20
+    ] * 4
 
 
 def test_unknown_video_suffix(tmp_path: Path) -> None:

@@ -22,10 +22,20 @@ from anima.cli_eval import eval_app
 from anima.cli_train import train_app
 from anima.cli_world import world_app
 from anima.errors import InputError
-from anima.io import atomic_dir, atomic_path, write_video
+from anima.interrupts import Interrupted, interrupted_line, raise_on_signals, restore
+from anima.io import atomic_path, staged_outputs, video_kind, write_video
 from anima.methods.registry import get_method, method_names
-from anima.pipeline import AnimateResult, animate, resolve_spec, write_dump
-from anima.spec import json_schema, load_spec
+from anima.output_paths import check_apart, check_output
+from anima.pipeline import (
+    AnimateResult,
+    animate,
+    parse_device,
+    parse_dtype,
+    write_dump,
+    write_dump_files,
+)
+from anima.preflight import check_spec, check_weights
+from anima.spec import MotionSpec, json_schema
 from anima.weights import PERCEPTION_COMPONENTS, Weights
 
 app = typer.Typer(
@@ -62,42 +72,26 @@ WeightsOption = Annotated[
 
 
 def _run_and_write(
-    spec_path: Path,
+    spec: MotionSpec,
     out: Path,
+    weights: Weights,
     *,
-    method: str | None = None,
     dump: Path | None = None,
-    weights: str | None = None,
     device: str = "cpu",
     dtype: str = "float32",
-    seed: int | None = None,
-    frames: int | None = None,
-    allow_pickle: bool = False,
     quiet: bool = False,
 ) -> AnimateResult:
-    if out.suffix.lower() not in {".mp4", ".gif", ""}:
-        raise InputError(f"unsupported output '{out}' (use .mp4, .gif or a directory)", "-o")
-    resolved_weights = Weights.resolve(weights, allow_pickle=allow_pickle)
-    spec = resolve_spec(
-        load_spec(spec_path), method=method, seed=seed, num_frames=frames, weights=resolved_weights
-    )
-    out_console = Console(stderr=True, quiet=quiet)
+    """Animate a checked spec and write its video (and dump) together: both or neither."""
+    out_console = _console(quiet)
     with out_console.status("starting") as status:
         result = animate(
-            spec,
-            resolved_weights,
-            device=device,
-            dtype=dtype,
-            on_stage=lambda text: status.update(text),
+            spec, weights, device=device, dtype=dtype, on_stage=lambda text: status.update(text)
         )
         status.update(f"writing {out}")
-        write_video(out, result.frames, spec.fps, where="-o")
-        if dump is not None:
-            try:
-                write_dump(dump, result)
-            except BaseException:
-                out.unlink(missing_ok=True)  # nothing half-written: the run failed as a whole
-                raise
+        with staged_outputs() as staging:
+            write_video(out, result.frames, spec.fps, where="-o", staging=staging)
+            if dump is not None:
+                write_dump(dump, result, staging=staging)
     height, width = result.frames.shape[-2:]
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in result.seconds.items())
     out_console.print(
@@ -105,6 +99,44 @@ def _run_and_write(
         f"method {spec.method}; {timing})"
     )
     return result
+
+
+def _console(quiet: bool = False) -> Console:
+    """Progress and results on stderr; long lines are not wrapped when stderr is a file."""
+    return Console(stderr=True, quiet=quiet, soft_wrap=True)
+
+
+def _check_outputs(output: Path, dump: Path | None) -> None:
+    """One video output and its dump, checked before any work (`anima.output_paths`)."""
+    folder = video_kind(output, "-o") == "folder"
+    check_output(output, folder=folder, where="-o")
+    if dump is not None:
+        check_output(dump, folder=True, where="--dump")
+    check_apart(output, folder, dump)
+
+
+def _jobs(
+    specs: list[Path], output: Path, dump: Path | None
+) -> list[tuple[Path, Path, Path | None]]:
+    """(spec, video, dump) for each spec, every output path checked."""
+    if len(specs) == 1:
+        _check_outputs(output, dump)
+        return [(specs[0], output, dump)]
+    if output.suffix:
+        raise InputError("several specs need a folder as output, not a file", "-o")
+    stems = [path.stem for path in specs]
+    if len(set(stems)) != len(stems):
+        raise InputError("spec file names must differ (they name the outputs)", "SPECS")
+    check_output(output, folder=True, where="-o")
+    if dump is not None:
+        check_output(dump, folder=True, where="--dump")
+        check_apart(output, True, dump)
+    jobs = [
+        (path, output / f"{path.stem}.mp4", dump / path.stem if dump else None) for path in specs
+    ]
+    for _spec, out, spec_dump in jobs:
+        _check_outputs(out, spec_dump)
+    return jobs
 
 
 @app.command("animate")
@@ -131,35 +163,23 @@ def animate_command(
 ) -> None:
     """Animate the image of each SPEC and write the video to OUTPUT.
 
-    With several specs, OUTPUT is a folder receiving <spec name>.mp4 (and --dump a folder of
-    dumps); under `accelerate launch` the specs are split across the processes, each on its
-    own device.
+    Every spec and output path is checked before the first render. With several specs, OUTPUT
+    is a folder receiving <spec name>.mp4 (and --dump a folder of dumps); under `accelerate
+    launch` the specs are split across the processes, each on its own device. An existing
+    folder is written into: only the files anima writes there are replaced.
     """
-    jobs = [(specs[0], output, dump)]
-    if len(specs) > 1:
-        if output.suffix:
-            raise InputError("several specs need a folder as output, not a file", "-o")
-        stems = [path.stem for path in specs]
-        if len(set(stems)) != len(stems):
-            raise InputError("spec file names must differ (they name the outputs)", "SPECS")
-        jobs = [
-            (path, output / f"{path.stem}.mp4", dump / path.stem if dump else None)
-            for path in specs
-        ]
-    jobs, device = _split_across_processes(jobs, device)
-    for spec_path, out, spec_dump in jobs:
+    parse_device(device)
+    parse_dtype(dtype)
+    resolved_weights = Weights.resolve(weights, allow_pickle=allow_pickle)
+    jobs = _jobs(specs, output, dump)
+    checked = [
+        (check_spec(path, resolved_weights, method=method, seed=seed, frames=frames), out, d)
+        for path, out, d in jobs
+    ]
+    checked, device = _split_across_processes(checked, device)
+    for spec, out, spec_dump in checked:
         _run_and_write(
-            spec_path,
-            out,
-            method=method,
-            dump=spec_dump,
-            weights=weights,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            frames=frames,
-            allow_pickle=allow_pickle,
-            quiet=quiet,
+            spec, out, resolved_weights, dump=spec_dump, device=device, dtype=dtype, quiet=quiet
         )
 
 
@@ -198,10 +218,13 @@ def demo_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Animate the embedded sample photo with the weight-free coarse method, or (--toy) a
-    held-out toy scene with the shipped tiny LeviTor."""
+    held-out toy scene with tiny LeviTor weights (--weights)."""
+    _check_outputs(output, dump)
     if not toy:
+        source = Weights()
         with resources.as_file(resources.files("anima") / "assets" / "demo" / "spec.json") as path:
-            _run_and_write(path, output, dump=dump, quiet=quiet)
+            spec = check_spec(path, source)
+            _run_and_write(spec, output, source, dump=dump, quiet=quiet)
         return
     from anima.demo import run_toy_demo, side_by_side
 
@@ -210,7 +233,7 @@ def demo_command(
     if not 1 <= steps <= 1000:
         raise InputError(f"must be in 1..1000, got {steps}", "--steps")
     source = Weights.resolve(weights)
-    console = Console(stderr=True, quiet=quiet)
+    console = _console(quiet)
     with console.status("drawing the toy scene") as status:
         demo = run_toy_demo(
             source,
@@ -220,17 +243,15 @@ def demo_command(
         )
         status.update(f"writing {output}")
         frames = side_by_side([demo.truth, demo.coarse, demo.generated])
-        write_video(output, frames, demo.fps, where="-o")
-        if dump is not None:
-            from anima.world.writer import write_clip
+        with staged_outputs() as staging:
+            write_video(output, frames, demo.fps, where="-o", staging=staging)
+            if dump is not None:
+                from anima.world.writer import write_clip_files
 
-            try:
-                with atomic_dir(dump) as tmp:
-                    write_clip(demo.clip, tmp / "clip")
-                    write_dump(tmp / "levitor", demo.result)
-            except BaseException:
-                output.unlink(missing_ok=True)  # nothing half-written
-                raise
+                folder = staging.folder(dump)
+                (folder / "clip").mkdir()
+                write_clip_files(demo.clip, folder / "clip")
+                write_dump_files(folder / "levitor", demo.result)
     console.print(
         f"wrote {output} (toy clip seed {demo.clip_seed}: ground truth | coarse render | "
         f"generated, {len(frames)} frames)"
@@ -257,7 +278,6 @@ def studio_command(
 
     if importlib.util.find_spec("gradio") is None:
         raise InputError("the studio needs gradio: pip install 'anima[studio]'", "anima studio")
-    from anima.pipeline import parse_device
     from anima.studio.server import serve
 
     parse_device(device)
@@ -270,23 +290,29 @@ def studio_command(
 @spec_app.command("validate")
 def spec_validate(
     specs: Annotated[list[Path], typer.Argument(help="Spec files.")],
-    check_files: Annotated[bool, typer.Option(help="Also check that named files exist.")] = True,
+    check_files: Annotated[
+        bool, typer.Option(help="Also read the files each spec names and check its geometry.")
+    ] = True,
+    method: Annotated[str | None, typer.Option(help="As for animate.")] = None,
+    weights: WeightsOption = None,
+    frames: Annotated[int | None, typer.Option(help="As for animate.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="As for animate.")] = False,
 ) -> None:
-    """Check spec files; the first error is reported with its JSON path."""
+    """Run on each spec the checks `anima animate` runs before its first render (schema,
+    method, options, weights, files, geometry) and report each: `<spec>: ok` on stdout, or
+    one `error:` line on stderr. Exit status 2 when any spec fails."""
+    source = Weights.resolve(weights, allow_pickle=allow_pickle)
+    failed = 0
     for path in specs:
-        spec = load_spec(path)
-        if check_files:
-            named = [("image", spec.image), ("depth", spec.depth)] + [
-                (f"objects[{i}].mask", o.mask) for i, o in enumerate(spec.objects)
-            ]
-            for where, relative in named:
-                if relative is not None and not spec.resolve(relative).is_file():
-                    raise InputError(
-                        f"file not found: {spec.resolve(relative)}", f"{where} in {path}"
-                    )
-        if spec.method:
-            get_method(spec.method, f"method {spec.where}").parse_options(spec.options, spec.where)
+        try:
+            check_spec(path, source, method=method, frames=frames, files=check_files)
+        except InputError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
         print(f"{path}: ok")
+    if failed:
+        raise typer.Exit(2)
 
 
 @spec_app.command("schema")
@@ -295,6 +321,8 @@ def spec_schema(
 ) -> None:
     """Print the MotionSpec JSON Schema."""
     text = json.dumps(json_schema(), indent=2) + "\n"
+    if output is not None:
+        check_output(output, folder=False, where="-o")
     if output is None:
         sys.stdout.write(text)
         return
@@ -380,17 +408,11 @@ def weights_convert_xdyna(
 @weights_app.command("check")
 def weights_check(method: str, weights: WeightsOption = None) -> None:
     """Exit 0 when METHOD can run with the configured weights, else name what is missing."""
-    cls = get_method(method)
+    cls = get_method(method, "METHOD")
     source = Weights.resolve(weights)
-    if source.builtin in cls.builtin_weights:
-        print(f"{method}: ready (built-in '{source.builtin}')")
-        return
-    for component in cls.components:
-        if not component.optional and not component.present(source.root):
-            folder = (source.root / component.subdir) if source.root else component.subdir
-            files = ", ".join(component.required_files)
-            raise InputError(f"{method} needs {files} in {folder}", "--weights")
-    print(f"{method}: ready")
+    check_weights(cls, source)
+    builtin = f" (built-in '{source.builtin}')" if source.builtin in cls.builtin_weights else ""
+    print(f"{method}: ready{builtin}")
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -398,12 +420,17 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app and maps errors to exit statuses."""
+    """Entry point: runs the app and maps errors (and SIGINT / SIGTERM) to exit statuses."""
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _print_warning
+    previous_handlers = raise_on_signals()
     try:
         return _main(argv)
+    except Interrupted as exc:
+        print(interrupted_line(exc), file=sys.stderr)
+        return exc.exit_status
     finally:
+        restore(previous_handlers)
         warnings.showwarning = previous_showwarning
 
 
@@ -419,8 +446,10 @@ def _main(argv: list[str] | None) -> int:
         print("error: aborted", file=sys.stderr)
         return 1
     except typer.TyperException as exc:  # usage errors: bad option, missing argument
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"error: {message}", file=sys.stderr)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `anima` (or a group): its help
+            print(exc.format_message())
+            return 0
+        print(f"error: {exc.format_message()}", file=sys.stderr)
         return 2
     except Exception:
         traceback.print_exc()

@@ -14,3 +14,10 @@ class InputError(Exception):
         self.what = what
         self.where = where
         super().__init__(f"{what}, {where}" if where else what)
+
+    def in_spec(self, spec_where: str) -> InputError:
+        """This error with the spec file named after its field (``image in spec.json``); an
+        error whose place already names a file (``in ...``) is kept as it is."""
+        if self.where and not self.where.startswith("in "):
+            return InputError(self.what, f"{self.where} {spec_where}")
+        return self

@@ -3,19 +3,23 @@
 Conventions: images are float32 tensors in [0, 1] shaped (3, H, W), videos are (F, 3, H, W),
 sizes are (H, W). uint8 / uint16 only appear at the file boundary. Problems with user-supplied
 files raise `InputError` naming the file; programming errors (wrong shapes) raise `ValueError`.
-Everything written goes through `atomic_path` / `atomic_dir`, so a failed write never leaves a
-half-written file (or a stray temporary) behind.
+Everything written goes through `staged_outputs` (or `atomic_path` / `atomic_dir`, built on
+it), so a failed or interrupted write never leaves a half-written file (or a stray temporary)
+behind, and a folder the user already had is written into, never replaced.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 
 from anima.errors import InputError
+from anima.interrupts import signals_deferred
 
 PathLike = str | os.PathLike[str]
 ArrayLike = torch.Tensor | np.ndarray
@@ -57,9 +62,15 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # --------------------------------------------------------------------------- atomic writes
 
 
+MANIFEST_NAME = ".anima-written.json"
+"""In every folder `Staging.folder` writes: the files anima put there, so that the next write
+into the folder replaces exactly those (and removes the ones it no longer writes)."""
+
+
 def _temp_sibling(path: Path, tag: str, suffix: str = "") -> Path:
-    """A hidden, unused name next to `path`: ``.<name>.<random>.<tag><suffix>``."""
-    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.{tag}{suffix}")
+    """A hidden, unused name next to `path`: ``.anima-<random>.<tag><suffix>`` (short, so that
+    a `path` whose name is as long as the file system allows still gets a temporary)."""
+    return path.with_name(f".anima-{secrets.token_hex(4)}.{tag}{suffix}")
 
 
 def _remove(path: Path) -> None:
@@ -70,23 +81,38 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns the folders created, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    for created in missing:
+        created.mkdir(exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of `folders` that are empty, innermost first."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to `path`; move it onto `path` on success.
 
     The temporary name keeps the suffix of `path`, so writers that pick the format from the
-    suffix still work. The parent directory is created if needed. On an exception the
-    temporary is removed and the exception re-raised; `path` is left untouched.
+    suffix still work. The parent directory is created if needed. On an exception (or an
+    `anima.interrupts.Interrupted`) the temporary and the folders made for it are removed and
+    the exception re-raised; `path` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path, "tmp", path.suffix)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    with staged_outputs() as staging:
+        yield staging.file(path)
 
 
 def _swap_in(new: Path, path: Path) -> None:
@@ -108,11 +134,13 @@ def _swap_in(new: Path, path: Path) -> None:
 def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield a fresh empty directory next to `path`; rename it to `path` on success.
 
-    An existing file or directory at `path` is replaced (moved aside, then deleted). On an
-    exception the temporary directory is deleted and the exception re-raised.
+    An existing file or directory at `path` is REPLACED (moved aside, then deleted): for folders
+    anima owns (a world, a converted model, a checkpoint), never for a user's output folder
+    (`Staging.folder` writes into those). On an exception the temporary directory is deleted
+    and the exception re-raised.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(path.parent)
     tmp = _temp_sibling(path, "tmp")
     tmp.mkdir()
     try:
@@ -120,6 +148,133 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         _swap_in(tmp, path)
     except BaseException:
         _remove(tmp)
+        _remove_empty(created)
+        raise
+
+
+def _written_files(folder: Path) -> list[str]:
+    """Relative POSIX paths of the files under `folder` (the manifest left out)."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME
+    )
+
+
+def _previously_written(folder: Path) -> list[str]:
+    """The files the manifest of `folder` lists (none when it has no readable manifest); a
+    name that would leave the folder is ignored."""
+    try:
+        names = json.loads((folder / MANIFEST_NAME).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [
+        name
+        for name in names
+        if isinstance(name, str) and not Path(name).is_absolute() and ".." not in Path(name).parts
+    ]
+
+
+def _write_manifest(folder: Path, files: list[str]) -> None:
+    (folder / MANIFEST_NAME).write_text(json.dumps({"writer": "anima", "files": files}) + "\n")
+
+
+@dataclass
+class _StagedFolder:
+    stage: Path
+    target: Path
+    merge: bool  # the target existed: move the files in one by one
+
+
+@dataclass
+class Staging:
+    """Outputs written under temporary names, then moved into place together by `commit`.
+
+    - `file(path)`: a temporary file next to `path` (same suffix), renamed onto `path`.
+    - `folder(path)`: a staging folder. A new `path` is the staging folder renamed. An existing
+      folder is written INTO: each staged file replaces the file of its name, files an earlier
+      anima write listed in the folder's manifest (`MANIFEST_NAME`) and this one does not
+      write are removed, and nothing else in the folder is touched.
+
+    `commit` holds SIGINT / SIGTERM back while it moves things (`signals_deferred`), so that a
+    run ends with all of its outputs or none; `discard` removes every temporary and every
+    folder made for them. Use `staged_outputs`, which calls one or the other.
+    """
+
+    _files: list[tuple[Path, Path]] = field(default_factory=list)
+    _folders: list[_StagedFolder] = field(default_factory=list)
+    _created: list[Path] = field(default_factory=list)
+
+    def file(self, path: PathLike) -> Path:
+        path = Path(path)
+        self._created += _make_parents(path.parent)
+        tmp = _temp_sibling(path, "tmp", path.suffix)
+        self._files.append((tmp, path))
+        return tmp
+
+    def folder(self, path: PathLike) -> Path:
+        path = Path(path)
+        merge = path.is_dir()
+        if merge:
+            stage = path / f".anima-{secrets.token_hex(4)}.tmp"
+        else:
+            self._created += _make_parents(path.parent)
+            stage = _temp_sibling(path, "tmp")
+        stage.mkdir()
+        self._folders.append(_StagedFolder(stage, path, merge))
+        return stage
+
+    def commit(self) -> None:
+        with signals_deferred():
+            for tmp, path in self._files:
+                os.replace(tmp, path)
+            for folder in self._folders:
+                files = _written_files(folder.stage)
+                if folder.merge:
+                    _merge_into(folder.stage, folder.target, files)
+                else:
+                    _write_manifest(folder.stage, files)
+                    os.replace(folder.stage, folder.target)
+        self._files, self._folders, self._created = [], [], []
+
+    def discard(self) -> None:
+        for tmp, _path in self._files:
+            _remove(tmp)
+        for folder in self._folders:
+            _remove(folder.stage)
+        _remove_empty(self._created)
+        self._files, self._folders, self._created = [], [], []
+
+
+def _merge_into(stage: Path, target: Path, files: list[str]) -> None:
+    """Move the staged `files` into the existing folder `target`, remove the files anima wrote
+    there before and no longer writes, and record the new list."""
+    stale = sorted(set(_previously_written(target)) - set(files))
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / name, target / name)
+    for name in stale:
+        (target / name).unlink(missing_ok=True)
+        parents = [p for p in (target / name).parents if target in p.parents]
+        _remove_empty(parents)
+    _remove(stage)
+    _write_manifest(target, files)
+
+
+@contextmanager
+def staged_outputs() -> Iterator[Staging]:
+    """A `Staging` committed when the block ends normally and discarded when it raises (an
+    error or an `anima.interrupts.Interrupted`)."""
+    staging = Staging()
+    try:
+        yield staging
+    except BaseException:
+        staging.discard()
+        raise
+    try:
+        staging.commit()
+    except BaseException:
+        staging.discard()
         raise
 
 
@@ -435,63 +590,95 @@ def _pad_to_even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
+GIF_MAX_FPS = 50.0
+"""GIF delays are whole hundredths of a second, and most viewers play a delay under 20 ms at
+100 ms: a GIF faster than 50 fps is written at 50 fps (with a warning)."""
+
+
 def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     """H.264 / yuv420p MP4 (BT.709, tagged), odd sizes padded to even."""
     frames = np.ascontiguousarray(_pad_to_even(frames))
     height, width = frames.shape[1:3]
     encode = ["-c:v", "libx264", "-preset", "medium", "-crf", str(MP4_CRF)]
     output = ["-vf", _MP4_FILTER, "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4"]
-    with atomic_path(path) as tmp:
-        _run_ffmpeg(
-            [*_raw_input_args(width, height, fps), *encode, *output, str(tmp)], frames.tobytes()
-        )
+    _run_ffmpeg(
+        [*_raw_input_args(width, height, fps), *encode, *output, str(path)], frames.tobytes()
+    )
 
 
 def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     """Looping GIF with one global palette; every frame is kept, even repeated ones."""
+    if fps > GIF_MAX_FPS:
+        warnings.warn(
+            f"a GIF plays at most {GIF_MAX_FPS:g} fps in most viewers (shorter frame delays are "
+            f"shown at 100 ms): writing {path.name} at {GIF_MAX_FPS:g} fps instead of {fps:g}",
+            stacklevel=3,
+        )
+        fps = GIF_MAX_FPS
     height, width = frames.shape[1:3]
     output = ["-vf", _GIF_FILTER, "-loop", "0", "-f", "gif"]
-    with atomic_path(path) as tmp:
-        _run_ffmpeg([*_raw_input_args(width, height, fps), *output, str(tmp)], frames.tobytes())
+    _run_ffmpeg([*_raw_input_args(width, height, fps), *output, str(path)], frames.tobytes())
 
 
 def _write_folder(path: Path, frames: np.ndarray) -> None:
-    """A directory of ``0000.png``, ``0001.png``, ... replacing any existing `path`."""
-    with atomic_dir(path) as tmp:
-        for index, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / f"{index:04d}.png", format="PNG")
+    """``0000.png``, ``0001.png``, ... in the (empty, staging) folder `path`."""
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(path / f"{index:04d}.png", format="PNG")
 
 
-def write_video(path: PathLike, frames: ArrayLike, fps: float, where: str | None = None) -> None:
+def video_kind(path: PathLike, where: str | None = None) -> str:
+    """``"mp4"``, ``"gif"`` or ``"folder"`` (no suffix, or an existing folder) for an output
+    path; another suffix raises `InputError`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if os.path.isdir(path):
+        return "folder"
+    if suffix == "":
+        if os.path.lexists(path):
+            raise InputError(f"'{path}' is a file, not a folder for the frames", where)
+        return "folder"
+    if suffix not in (".mp4", ".gif"):
+        raise InputError(
+            f"cannot write video '{path}': unknown format '{path.suffix}' "
+            "(use .mp4, .gif or a folder)",
+            where,
+        )
+    return suffix[1:]
+
+
+def write_video(
+    path: PathLike,
+    frames: ArrayLike,
+    fps: float,
+    where: str | None = None,
+    staging: Staging | None = None,
+) -> None:
     """Write (F, 3, H, W) float frames in [0, 1] as a video, chosen by the suffix of `path`.
 
     - ``.mp4``: H.264 (libx264, crf `MP4_CRF`), yuv420p, BT.709. yuv420p needs even sizes,
       so an odd H or W is padded by edge replication: the decoded size is then H, W rounded
       up to even.
     - ``.gif``: loops forever, frame delay 1000 / fps ms (GIF delays have 10 ms steps; ffmpeg
-      alternates them so the average rate is exact), one palette for the whole clip.
-    - no suffix, or an existing directory: a folder of ``%04d.png`` (replaced if present).
+      alternates them so the average rate is exact), one palette for the whole clip; above
+      `GIF_MAX_FPS` the rate is clamped with a warning.
+    - no suffix, or an existing directory: a folder of ``%04d.png``. An existing folder is
+      written into: its other files stay (see `Staging.folder`).
 
-    Another suffix raises `InputError`. The write is atomic in every case.
+    Another suffix raises `InputError`. The write is atomic in every case; with `staging` it
+    is part of the caller's outputs, moved into place when the caller commits them.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    is_folder = path.is_dir() or suffix == ""
-    if not is_folder and suffix not in (".mp4", ".gif"):
-        raise InputError(
-            f"cannot write video '{path}': unknown format '{path.suffix}' "
-            "(use .mp4, .gif or a folder)",
-            where,
-        )
+    kind = video_kind(path, where)
     if not (fps > 0 and np.isfinite(fps)):
         raise ValueError(f"fps must be a positive number, got {fps}")
     array = _frames_hwc_uint8(frames)
-    if is_folder:
-        _write_folder(path, array)
-    elif suffix == ".mp4":
-        _write_mp4(path, array, fps)
-    else:
-        _write_gif(path, array, fps)
+    with nullcontext(staging) if staging else staged_outputs() as outputs:
+        if kind == "folder":
+            _write_folder(outputs.folder(path), array)
+        elif kind == "mp4":
+            _write_mp4(outputs.file(path), array, fps)
+        else:
+            _write_gif(outputs.file(path), array, fps)
 
 
 def _natural_key(name: str) -> list[int | str]:

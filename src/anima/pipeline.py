@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from pydantic import ValidationError
 
 from anima.errors import InputError
-from anima.io import atomic_dir, atomic_path, write_depth_png, write_png
+from anima.io import Staging, staged_outputs, write_depth_png, write_png
 from anima.methods.base import Controls
 from anima.methods.registry import default_method, get_method
 from anima.scene import Scene, build_scene
@@ -121,9 +122,7 @@ def animate(
         try:
             scene = build_scene(spec, weights)
         except InputError as exc:  # name the spec file as well as the field
-            if exc.where and not exc.where.startswith("in "):
-                raise InputError(exc.what, f"{exc.where} {spec.where}") from None
-            raise
+            raise exc.in_spec(spec.where) from None
         seconds["scene"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -138,27 +137,34 @@ def animate(
     return AnimateResult(frames.float().clamp(0, 1).cpu(), controls, spec, seconds)
 
 
-def write_dump(directory: Path, result: AnimateResult) -> None:
-    """Every intermediate, atomically: frames/, render/{rgb,depth,instance,visible}/,
-    render/depth.npy, controls.json, spec.resolved.json."""
-    with atomic_dir(directory) as tmp:
-        for f, frame in enumerate(result.frames):
-            write_png(tmp / "frames" / f"{f:04d}.png", frame)
-        rendered = result.controls.render
-        if rendered is not None:
-            for f in range(rendered.num_frames):
-                name = f"{f:04d}.png"
-                write_png(tmp / "render" / "rgb" / name, rendered.rgb[f])
-                write_depth_png(tmp / "render" / "depth" / name, rendered.distance[f])
-                write_png(
-                    tmp / "render" / "instance" / name,
-                    rendered.instance[f].clamp(0, 255).to(torch.uint8).numpy(),
-                )
-                write_png(
-                    tmp / "render" / "visible" / name,
-                    (rendered.visible[f].numpy() * 255).astype(np.uint8),
-                )
-            with atomic_path(tmp / "render" / "depth.npy") as path, open(path, "wb") as fh:
-                np.save(fh, rendered.distance.numpy().astype(np.float32))
-        (tmp / "controls.json").write_text(json.dumps(result.controls.to_json()))
-        (tmp / "spec.resolved.json").write_text(spec_to_json(result.spec) + "\n")
+def write_dump(directory: Path, result: AnimateResult, staging: Staging | None = None) -> None:
+    """Every intermediate (`write_dump_files`) into ``directory``, atomically. An existing
+    folder is written into: only the files a dump writes are replaced (`anima.io.Staging`).
+    With ``staging`` the dump is part of the caller's outputs, moved in when they commit."""
+    with nullcontext(staging) if staging else staged_outputs() as outputs:
+        write_dump_files(outputs.folder(directory), result)
+
+
+def write_dump_files(folder: Path, result: AnimateResult) -> None:
+    """frames/, render/{rgb,depth,instance,visible}/, render/depth.npy, controls.json and
+    spec.resolved.json, written into ``folder`` (the layout of DESIGN.md's CLI contract)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f, frame in enumerate(result.frames):
+        write_png(folder / "frames" / f"{f:04d}.png", frame)
+    rendered = result.controls.render
+    if rendered is not None:
+        for f in range(rendered.num_frames):
+            name = f"{f:04d}.png"
+            write_png(folder / "render" / "rgb" / name, rendered.rgb[f])
+            write_depth_png(folder / "render" / "depth" / name, rendered.distance[f])
+            write_png(
+                folder / "render" / "instance" / name,
+                rendered.instance[f].clamp(0, 255).to(torch.uint8).numpy(),
+            )
+            write_png(
+                folder / "render" / "visible" / name,
+                (rendered.visible[f].numpy() * 255).astype(np.uint8),
+            )
+        np.save(folder / "render" / "depth.npy", rendered.distance.numpy().astype(np.float32))
+    (folder / "controls.json").write_text(json.dumps(result.controls.to_json()))
+    (folder / "spec.resolved.json").write_text(spec_to_json(result.spec) + "\n")

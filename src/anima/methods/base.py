@@ -7,6 +7,7 @@ methods up by name (`anima.methods.registry`) and never special-case one.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,20 @@ from anima.render import RenderResult
 from anima.scene import Scene
 from anima.spec import MotionSpec, format_validation_error
 from anima.weights import Component, Weights
+
+#: The one line a float16 run on the CPU prints (`run_dtype`).
+FLOAT16_ON_CPU = "float16 is not supported on the CPU; running in float32"
+
+
+def run_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a method runs in on ``device``: ``dtype``, except float16 on the CPU, which
+    runs in float32 with one warning (`FLOAT16_ON_CPU`): PyTorch's CPU kernels do not all
+    support float16 and diffusers warns that such a pipeline "will fail". bfloat16 runs on the
+    CPU as asked. Every `Method` applies this to its ``dtype``."""
+    if dtype == torch.float16 and device.type == "cpu":
+        warnings.warn(FLOAT16_ON_CPU, stacklevel=2)
+        return torch.float32
+    return dtype
 
 
 class NoOptions(BaseModel):
@@ -62,7 +77,7 @@ class Method(ABC):
         self.options = options
         self.weights = weights
         self.device = device
-        self.dtype = dtype
+        self.dtype = run_dtype(device, dtype)  # what the models are loaded and run in
         self.report = report or (lambda _text: None)  # progress lines for the CLI and studio
 
     @classmethod
@@ -73,6 +88,12 @@ class Method(ABC):
         except ValidationError as exc:
             message = f"options.{format_validation_error(exc)} (method {cls.name})"
             raise InputError(message, where) from None
+
+    @classmethod  # noqa: B027 - optional hook, a no-op by default
+    def check_inputs(cls, spec: MotionSpec, options: BaseModel) -> None:
+        """Check what the method reads beyond the spec's image, depth and masks (files it
+        names, sections it needs), before any work: `anima.preflight` runs it on every spec of
+        a batch. Nothing by default."""
 
     def load(self) -> object | None:  # noqa: B027 - optional hook, a no-op by default
         """Load the method's models; runs before any heavy work so that missing or bad weights

@@ -220,12 +220,24 @@ class XDynaMethod(Method):
     def load(self):
         return load_pipeline(self.weights, self.device, self.dtype)
 
-    def prepare(self, spec: MotionSpec, scene: Scene) -> XDynaControls:
+    @classmethod
+    def check_inputs(cls, spec: MotionSpec, options: XDynaOptions) -> None:
+        """The spec has a ``pose`` section whose files exist; windows overlap by less than
+        their length."""
         drive = spec.pose
         if drive is None:
             raise InputError("the xdyna method needs a 'pose' section", spec.where)
-        if self.options.overlap >= self.options.window:
+        if options.overlap >= options.window:
             raise InputError("must be smaller than options.window", "options.overlap")
+        for name in ("video", "keypoints", "reference_keypoints"):
+            relative = getattr(drive, name)
+            if relative is not None and not spec.resolve(relative).exists():
+                raise InputError(f"file not found: {spec.resolve(relative)}", f"pose.{name}")
+
+    def prepare(self, spec: MotionSpec, scene: Scene) -> XDynaControls:
+        self.check_inputs(spec, self.options)
+        drive = spec.pose
+        assert drive is not None
         pipe = self.load()
         context = pipe.unet.config.motion_max_seq_length
         if self.options.window > context:

@@ -1,0 +1,75 @@
+"""Everything a spec needs, checked before any work (the boundary of DESIGN.md's data flow).
+
+`check_spec` is what `anima spec validate` reports and what `anima animate` runs on every spec
+of a batch before the first render: the spec's schema, the command-line overrides, the method
+and its options, the weights the method needs, every file the spec names (read in full, so an
+unreadable image fails here) and the selections' geometry at the working size. A spec that
+passes does not fail later for any of these reasons; the message of one that fails is the
+message `animate` gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anima.errors import InputError
+from anima.io import read_depth, read_image, read_mask
+from anima.methods.base import Method
+from anima.methods.registry import get_method
+from anima.pipeline import resolve_spec
+from anima.scene import check_selections
+from anima.spec import MotionSpec, load_spec
+from anima.weights import Weights
+
+
+def check_weights(method: type[Method], weights: Weights, where: str = "--weights") -> None:
+    """The method's required weights are present (or built in); else name the first missing
+    one and where it was looked for."""
+    if weights.builtin in method.builtin_weights:
+        return
+    for component in method.components:
+        if not component.optional and not component.present(weights.root):
+            folder = (weights.root / component.subdir) if weights.root else component.subdir
+            files = ", ".join(component.required_files)
+            raise InputError(f"{method.name} needs {files} in {folder}", where)
+
+
+def _check_files(spec: MotionSpec) -> None:
+    """Read every file the spec names, at the working size, and check the selections there."""
+    size = tuple(spec.size) if spec.size else None
+    image = read_image(spec.resolve(spec.image), size=size, where="image")
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    if spec.depth is not None:
+        read_depth(spec.resolve(spec.depth), size=size, where="depth")
+    for i, obj in enumerate(spec.objects):
+        if obj.mask is not None:
+            read_mask(spec.resolve(obj.mask), size=size, where=f"objects[{i}].mask")
+    check_selections(spec, size)
+
+
+def check_spec(
+    path: Path,
+    weights: Weights,
+    *,
+    method: str | None = None,
+    seed: int | None = None,
+    frames: int | None = None,
+    files: bool = True,
+) -> MotionSpec:
+    """Load the spec at `path` with the command line's overrides applied and check everything
+    it needs (with ``files=False``: all but its files and geometry); returns the resolved spec.
+    Errors in the spec's files name the field and the spec file."""
+    spec = resolve_spec(
+        load_spec(path), method=method, seed=seed, num_frames=frames, weights=weights
+    )
+    method_cls = get_method(spec.method or "", f"method {spec.where}")
+    options = method_cls.parse_options(spec.options, spec.where)
+    check_weights(method_cls, weights)
+    if not files:
+        return spec
+    try:
+        _check_files(spec)
+        method_cls.check_inputs(spec, options)
+    except InputError as exc:
+        raise exc.in_spec(spec.where) from None
+    return spec
