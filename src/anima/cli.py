@@ -61,7 +61,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(world_app, name="world")
 app.add_typer(eval_app, name="eval")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one line a message, terminal or not
 
 WeightsOption = Annotated[
     str | None,
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     try:
-        app(args=argv, standalone_mode=False, prog_name="anima")
+        status = app(args=argv, standalone_mode=False, prog_name="anima")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -455,7 +455,7 @@ def _main(argv: list[str] | None) -> int:
         traceback.print_exc()
         print("internal error (a bug): please report the traceback above", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0  # click returns typer.Exit's code
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ def _check_names(path: Path, existing: Path, where: str) -> None:
         size = len(os.fsencode(part))
         if size > limit:
             raise InputError(
-                f"cannot write '{path}': the name '{part[:24]}...' is {size} bytes long, the "
-                f"file system takes at most {limit}",
+                f"cannot write the file name '{part[:24]}...': it is {size} bytes long, the "
+                f"file system in '{existing}' takes at most {limit}",
                 where,
             )
 
