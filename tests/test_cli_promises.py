@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
 from PIL import Image
 
 from anima.cli import main
