@@ -22,16 +22,14 @@ from anima.spec import MotionSpec, load_spec
 from anima.weights import Weights
 
 
-def check_weights(method: type[Method], weights: Weights, where: str = "--weights") -> None:
-    """The method's required weights are present (or built in); else name the first missing
-    one and where it was looked for."""
+def check_weights(method: type[Method], weights: Weights) -> None:
+    """The method's required weights are present (or built in); else the error its loading
+    would give, naming the first missing file and where it was looked for."""
     if weights.builtin in method.builtin_weights:
         return
     for component in method.components:
-        if not component.optional and not component.present(weights.root):
-            folder = (weights.root / component.subdir) if weights.root else component.subdir
-            files = ", ".join(component.required_files)
-            raise InputError(f"{method.name} needs {files} in {folder}", where)
+        if not component.optional:
+            weights.require(component, method.name)
 
 
 def _check_files(spec: MotionSpec) -> None:
