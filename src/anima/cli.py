@@ -39,6 +39,7 @@ from anima.spec import MotionSpec, json_schema
 from anima.weights import PERCEPTION_COMPONENTS, Weights
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="anima",
     help="Animate a single image into a video under precise 3D motion control.",
     no_args_is_help=True,
@@ -46,13 +47,19 @@ app = typer.Typer(
     add_completion=False,
 )
 spec_app = typer.Typer(
-    help="Validate specs and print the MotionSpec JSON Schema.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Validate specs and print the MotionSpec JSON Schema.",
+    no_args_is_help=True,
 )
 weights_app = typer.Typer(
-    help="What each method needs and what is present.", invoke_without_command=True
+    rich_markup_mode=None,
+    help="What each method needs and what is present.",
+    invoke_without_command=True,
 )
 convert_app = typer.Typer(
-    help="Convert released checkpoints to our safetensors layout.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Convert released checkpoints to our safetensors layout.",
+    no_args_is_help=True,
 )
 weights_app.add_typer(convert_app, name="convert")
 app.add_typer(spec_app, name="spec")
@@ -206,19 +213,26 @@ def demo_command(
         bool,
         typer.Option(
             "--toy",
-            help="A held-out toy scene animated by the shipped tiny LeviTor: "
+            help="A held-out toy scene animated by a tiny LeviTor trained on the toy world: "
             "ground truth | coarse render | generated.",
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="--toy: which held-out scene (>= 0).")] = 0,
     steps: Annotated[int, typer.Option(help="--toy: denoising steps (1-1000).")] = 25,
     weights: Annotated[
-        str, typer.Option(help="--toy: 'toy' (shipped) or a directory with svd/ + levitor/.")
+        str,
+        typer.Option(
+            help="--toy: a directory with svd/ + levitor/, 'tiny' (random) or 'toy' (the "
+            "packaged toy weights: not shipped yet, an error until they are)."
+        ),
     ] = "toy",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Animate the embedded sample photo with the weight-free coarse method, or (--toy) a
-    held-out toy scene with tiny LeviTor weights (--weights)."""
+    """Animate the sample photo, or a toy scene (--toy).
+
+    Without --toy: the embedded sample photo, with the coarse method (no weights).
+
+    With --toy: a held-out toy scene animated by a tiny LeviTor trained on the toy world."""
     _check_outputs(output, dump)
     if not toy:
         source = Weights()
@@ -272,8 +286,10 @@ def studio_command(
     share: Annotated[bool, typer.Option(help="Also open a public Gradio share link.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
 ) -> None:
-    """Open the studio: a local web app to draw 3D trajectories on a photo, preview them,
-    generate the video and download it with its spec (needs gradio, the 'studio' extra)."""
+    """Open the studio, a local web app for drawing 3D trajectories.
+
+    Draw trajectories on a photo, preview them, generate the video and download it with its
+    spec (needs gradio, the 'studio' extra)."""
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from anima.errors import InputError
 
-eval_app = typer.Typer(help="Score methods against exact ground truth.")
+eval_app = typer.Typer(rich_markup_mode=None, help="Score methods against exact ground truth.")
 
 COLUMNS = (
     ("objmc", "ObjMC ↓", 2),
@@ -96,7 +96,11 @@ def levitor_command(
         int, typer.Option(help="Evaluation seed: use one never used for training.")
     ] = 1_000_003,
     weights: Annotated[
-        str, typer.Option("--weights", help="'toy' (shipped), 'tiny' (random) or a directory.")
+        str,
+        typer.Option(
+            "--weights",
+            help="'toy' (packaged toy weights, not shipped yet), 'tiny' (random) or a directory.",
+        ),
     ] = "toy",
     steps: Annotated[int, typer.Option(help="Euler steps per video.")] = 25,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
@@ -106,8 +110,9 @@ def levitor_command(
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """LeviTor and its ablations on toy clips: ObjMC, occlusion accuracy, scale error, PSNR,
-    SSIM (the paper's Table 2), plus the first frame repeated as a reference."""
+    """LeviTor and its ablations on toy clips, scored as in the paper's Table 2.
+
+    ObjMC, occlusion accuracy, scale error, PSNR and SSIM; first_frame is frame 0 repeated."""
     from anima.eval.levitor import (
         REFERENCE,
         VARIANTS,
@@ -116,10 +121,14 @@ def levitor_command(
         plan_variants,
     )
     from anima.io import atomic_path
+    from anima.methods.base import run_dtype
+    from anima.pipeline import parse_device, parse_dtype
     from anima.weights import Weights
 
     if not toy:
         raise InputError("only toy-world evaluation exists so far: pass --toy", "--toy")
+    # What the models run in, as in `anima animate` (float16 on the CPU: float32, one warning).
+    dtype = str(run_dtype(parse_device(device), parse_dtype(dtype))).removeprefix("torch.")
     settings = EvalSettings(
         n=n,
         seed=seed,

@@ -19,7 +19,9 @@ from rich.console import Console
 from anima.errors import InputError
 from anima.weights import Weights
 
-train_app = typer.Typer(help="Train a method's networks.", no_args_is_help=True)
+train_app = typer.Typer(
+    rich_markup_mode=None, help="Train a method's networks.", no_args_is_help=True
+)
 
 
 @train_app.callback()

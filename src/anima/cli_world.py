@@ -21,7 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from anima.errors import InputError
 
-world_app = typer.Typer(help="The procedural toy world with exact ground truth.")
+world_app = typer.Typer(
+    rich_markup_mode=None, help="The procedural toy world with exact ground truth."
+)
 
 
 @world_app.callback()

@@ -1,9 +1,11 @@
-"""``anima demo --toy``: a held-out toy scene animated by the shipped tiny LeviTor, beside the
-truth.
+"""``anima demo --toy``: a held-out toy scene animated by a tiny LeviTor trained on the toy world,
+beside the truth.
 
 A toy clip is drawn from the evaluation seed namespace (`anima.eval.levitor.eval_clip_seed`,
 never a training seed); its MotionSpec (first frame, object paths as 3D trajectories) is run
-through the ordinary ``levitor`` method with the ``toy`` weights, and three panels are written
+through the ordinary ``levitor`` method with the given weights (a directory with ``svd/`` and
+``levitor/``, or ``toy``: the packaged toy weights, which are not shipped yet, so that ``toy`` is
+a one-line error until they are; README, "Toy weights"), and three panels are written
 side by side: the clip's ground truth | the coarse 3D render the control points come from | the
 generated video.
 """

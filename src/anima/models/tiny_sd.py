@@ -6,7 +6,8 @@ by a `MotionAdapter` (AnimateDiff), `AutoencoderKL` (8x like SD's), `CLIPTextMod
 (`tiny_ip_adapter_plus`: a `CLIPVisionModelWithProjection` and a random checkpoint in
 IP-Adapter's format, loaded by diffusers). The tokenizer's
 vocabulary is CLIP's byte-level alphabet without merges (every byte is a token), written to a
-folder at build time, so text runs through the real tokenizer code with no download.
+temporary folder that is removed once it is loaded, so text runs through the real tokenizer code
+with no download and nothing left behind.
 """
 
 from __future__ import annotations
@@ -153,8 +154,19 @@ def _byte_alphabet() -> list[str]:
 
 
 def tiny_tokenizer(folder: Path | None = None) -> CLIPTokenizer:
-    """A `CLIPTokenizer` over the byte alphabet (bytes and end-of-word bytes, no merges)."""
-    folder = Path(folder or tempfile.mkdtemp(prefix="anima-tokenizer-"))
+    """A `CLIPTokenizer` over the byte alphabet (bytes and end-of-word bytes, no merges).
+
+    The tokenizer reads its vocabulary from files: they are written to ``folder`` when given
+    (and stay there), else to a temporary folder that is removed once the tokenizer is loaded
+    (also when loading fails or is interrupted)."""
+    if folder is not None:
+        return _tokenizer_from(Path(folder))
+    with tempfile.TemporaryDirectory(prefix="anima-tokenizer-") as tmp:
+        return _tokenizer_from(Path(tmp))
+
+
+def _tokenizer_from(folder: Path) -> CLIPTokenizer:
+    """Write the byte vocabulary and empty merges into ``folder`` and load them."""
     folder.mkdir(parents=True, exist_ok=True)
     tokens = _byte_alphabet()
     vocab = {token: i for i, token in enumerate(tokens + [t + "</w>" for t in tokens])}
