@@ -18,7 +18,7 @@ from accelerate import init_empty_weights
 from safetensors.torch import save_file
 
 from anima.errors import InputError
-from anima.io import atomic_dir
+from anima.io import staged_outputs
 from anima.models.loading import CONTROLNET_CLASS_NAMES, read_weights_file
 from anima.models.svd_controlnet import SVDControlNetModel
 from anima.weights import PICKLE_SUFFIXES
@@ -94,7 +94,8 @@ def convert_controlnet(source: Path, out: Path, allow_pickle: bool = False) -> P
     config = controlnet_config(folder)
     state = _read_state_dict(folder, allow_pickle)
     check_keys(state, config, f"in {folder}")
-    with atomic_dir(out) as tmp:
+    with staged_outputs() as staging:  # an existing folder is written into, not replaced
+        tmp = staging.folder(out)
         model_config = {"_class_name": SVDControlNetModel.__name__, **config}
         (tmp / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
         tensors = {key: value.contiguous() for key, value in state.items()}
