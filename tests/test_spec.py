@@ -444,6 +444,13 @@ def test_invalid_json_names_line_and_column(
     assert not (tmp_path / "out.mp4").exists()
 
 
+def test_spec_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "")
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(BASE).encode("utf-8"))  # UTF-8 with a BOM
+    spec = load_spec(path)
+    assert spec.objects[0].label == "shuttle" and spec.base_dir == tmp_path.resolve()
+
+
 @pytest.mark.parametrize("command", ["validate", "animate"])
 def test_missing_spec_file(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -485,8 +492,10 @@ def test_box_outside_image_fails_animate(
 ) -> None:
     spec = mutated(put("objects", 0, "box", [100, 100, 140, 140]))  # the image is 64x64
     path = write_spec(tmp_path / "specs", spec)
-    # The spec itself is valid: the box is only checked against the image.
-    assert run(capsys, "spec", "validate", str(path))[0] == 0
+    # The schema holds: the box is only checked against the image, by validate as by animate.
+    assert run(capsys, "spec", "validate", "--no-check-files", str(path))[0] == 0
+    validate_status, _, validate_err = run(capsys, "spec", "validate", str(path))
+    assert validate_status == 2
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     status, out, err = run(capsys, "animate", str(path), "-o", str(out_dir / "out.mp4"), "-q")
@@ -494,6 +503,7 @@ def test_box_outside_image_fails_animate(
     line = one_error_line(err)
     assert "lies outside the 64x64 image" in line
     assert line.endswith(f"objects[0].box in {path}")
+    assert line == one_error_line(validate_err)
     assert list(out_dir.iterdir()) == []
 
 

@@ -8,9 +8,13 @@ Objects (LeviTor §3.3, Eq. 7): the anchor pixel (x, y) at distance ``depth`` is
 P(t) = K^-1 [x, y, 1]^T depth; the object's points move rigidly by T(t) = P(t) - P(t_0), and
 optionally rotate by R(t) about the object's 3D centroid c: p' = R (p - c) + c + T.
 
-Camera: world coordinates are the first frame's camera coordinates. Presets are expressed as
-fractions of the scene's median distance so that they mean the same on any depth scale; zoom
-multiplies the focal length geometrically (factor ** t).
+Camera: world coordinates are the first frame's camera coordinates, and frame 0 always shows the
+photo. Presets are expressed as fractions of the scene's median distance so that they mean the
+same on any depth scale; zoom multiplies the focal length geometrically (factor ** t). Camera
+keyframes are interpolated like object keyframes (zoom in log space), and the pose they give at
+frame 0 (t = 0; held from the first keyframe when that comes later) is the reference: every
+frame's camera-to-world transform C_f becomes C_0^-1 C_f and its zoom zoom_f / zoom_0, so a path
+that starts later than t = 0, or at a pose other than the identity, still starts at the photo.
 """
 
 from __future__ import annotations
@@ -142,6 +146,7 @@ def camera_path(spec: MotionSpec, scene: Scene) -> tuple[torch.Tensor, torch.Ten
         log_zoom = np.log([[kf.zoom] for kf in cam.keyframes])
         zoom = torch.from_numpy(np.exp(interpolate_keyframes(times, log_zoom, at_np))[:, 0])
 
+    rotation, centre, zoom = _relative_to_first_frame(rotation, centre, zoom)
     # camera-to-world is [R | c]; its inverse maps world points into the frame's camera.
     world_to_camera = rigid(
         rotation.transpose(-1, -2), -(rotation.transpose(-1, -2) @ centre[..., None])[..., 0]
@@ -151,6 +156,22 @@ def camera_path(spec: MotionSpec, scene: Scene) -> tuple[torch.Tensor, torch.Ten
         intrinsics[:, 0, 0] *= zoom
         intrinsics[:, 1, 1] *= zoom
     return world_to_camera, intrinsics
+
+
+def _relative_to_first_frame(
+    rotation: torch.Tensor, centre: torch.Tensor, zoom: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Camera poses (F, 3, 3) rotations and (F, 3) centres of camera-to-world transforms C_f,
+    and zooms (F,), re-expressed relative to frame 0: C_f' = C_0^-1 C_f, zoom_f / zoom_0.
+    Frame 0 is then exactly the identity, i.e. the photo."""
+    first_t = rotation[0].transpose(-1, -2)
+    rotation = first_t @ rotation
+    centre = (first_t @ (centre - centre[0])[..., None])[..., 0]
+    rotation[0] = torch.eye(3, dtype=rotation.dtype)
+    centre[0] = 0.0
+    if zoom is not None:
+        zoom = zoom / zoom[0]
+    return rotation, centre, zoom
 
 
 def build_animation(spec: MotionSpec, scene: Scene) -> Animation:

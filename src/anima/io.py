@@ -362,6 +362,20 @@ def _has_alpha(img: Image.Image) -> bool:
     )
 
 
+def has_transparent_pixels(path: PathLike) -> bool:
+    """Whether an image file has transparency (`_has_alpha`) and some pixel is not fully
+    opaque: `read_image` composites those on black. Only images with transparency are decoded;
+    an unreadable file gives False (reading it reports the problem)."""
+    try:
+        with Image.open(path) as img:
+            if not _has_alpha(img):
+                return False
+            alpha = np.asarray(img.convert("RGBA"))[..., 3]
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return False
+    return bool(alpha.min() < 255)
+
+
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     """(H, W) float grey to (H, W, 3)."""
     return np.repeat(grey[..., None], 3, axis=2)

@@ -9,28 +9,50 @@ a spec points at (the boundary) and picks the perception backends:
 - masks: a mask file, a box (GrabCut inside it) or points (SAM from ``<weights>/sam``, else
   GrabCut seeded by the points);
 - intrinsics: a pinhole camera with the spec's horizontal field of view (default 60 degrees).
+
+Perception (GrabCut, SAM, the ground-plane prior, Depth Anything) runs at ONE resolution that
+depends only on the source image, never on the working size: the image's own size, reduced to at
+most `PERCEPTION_MAX_PIXELS` (aspect kept) when larger (`perception_size`). Selection coordinates
+(working-size pixels) are scaled into that grid, and the masks and distances found there are
+brought to the working size: masks by nearest neighbour (as mask files are read), distances by a
+linear resize that never mixes the values of different instances (`resize_distance`). Planar
+distances do not change with the image's resolution at a fixed field of view, so the same spec
+at any ``size`` gives the same scene distances. Mask files and depth files are read at the working
+size as they are.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from anima.camera import intrinsics_from_fov, pixel_grid, unproject
 from anima.errors import InputError
-from anima.io import read_depth, read_image, read_mask
+from anima.io import has_transparent_pixels, read_depth, read_image, read_mask
 from anima.perception.depth import estimate_distance
 from anima.perception.segmentation import mask_from_box, mask_from_points
 from anima.spec import MotionSpec, SceneObject
 from anima.weights import DEPTH_ANYTHING, SAM, Weights
 
-# Automatic masks (GrabCut, SAM) stop short of soft edges; growing them by a few pixels lets a
-# moved object take its edge pixels along instead of leaving a ghost outline behind.
+# Automatic masks (GrabCut, SAM) stop short of soft edges; growing them by a few pixels (of the
+# perception grid, so that the ground-plane prior's contact row does not depend on the working
+# size) lets a moved object take its edge pixels along instead of leaving a ghost outline behind.
 SELECTION_GROWTH = 2
+
+PERCEPTION_MAX_PIXELS = 1024 * 1024
+"""Perception runs on the source image at its own size, reduced to at most this many pixels."""
+
+EXIF_ORIENTATION = 0x0112
+"""The EXIF orientation tag; values 5 to 8 turn the picture a quarter (W and H swap)."""
+
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -56,33 +78,154 @@ class Scene:
         return unproject(pixel_grid(self.size), self.distance.double(), self.intrinsics)
 
 
-def object_mask(
-    obj: SceneObject, index: int, spec: MotionSpec, image: torch.Tensor, weights: Weights
-) -> torch.Tensor:
-    """The selection mask of ``spec.objects[index]`` on ``image`` (the working-size image):
-    its mask file as is, or GrabCut in its box, or SAM / GrabCut from its points (these two
-    grown by `SELECTION_GROWTH` pixels). Problems are `InputError`s naming ``objects[index]``."""
+# ---------------------------------------------------------------------------------------------
+# Sizes: source, working and perception grids
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened image, from its header (1 when absent)."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # PIL would decode the whole file looking for a late eXIf chunk
+    try:
+        return int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except (*_IMAGE_ERRORS, TypeError):
+        return 1
+
+
+def source_size(path: Path, where: str = "image") -> tuple[int, int]:
+    """(H, W) of an image file as `read_image` gives it (EXIF orientation applied), read from
+    the header only. An unreadable file raises `read_image`'s own `InputError`."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = _orientation(img)
+    except _IMAGE_ERRORS:
+        image = read_image(path, where=where)  # raises the reader's one-line message
+        return int(image.shape[-2]), int(image.shape[-1])
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def working_size(spec: MotionSpec) -> tuple[int, int]:
+    """The working size (H, W) of a spec: its ``size``, else the image's own size (header)."""
+    if spec.size is not None:
+        return int(spec.size[0]), int(spec.size[1])
+    return source_size(spec.resolve(spec.image))
+
+
+def perception_size(source: tuple[int, int]) -> tuple[int, int]:
+    """The grid perception runs in: ``source`` (H, W), scaled down (aspect kept) to at most
+    `PERCEPTION_MAX_PIXELS` pixels when larger."""
+    height, width = source
+    if height * width <= PERCEPTION_MAX_PIXELS:
+        return height, width
+    scale = math.sqrt(PERCEPTION_MAX_PIXELS / (height * width))
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+
+@dataclass(frozen=True)
+class Grids:
+    """The working grid (spec coordinates) and the perception grid, both (H, W)."""
+
+    working: tuple[int, int]
+    perception: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Perception pixels per working pixel, along x and y."""
+        return (
+            self.perception[1] / self.working[1],
+            self.perception[0] / self.working[0],
+        )
+
+    def box(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """A box (pixel edges: [x0, x1) covers pixels x0..x1-1) in perception coordinates."""
+        sx, sy = self.scale
+        x0, y0, x1, y1 = box
+        return x0 * sx, y0 * sy, x1 * sx, y1 * sy
+
+    def points(self, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """Clicks (pixel centres) in perception coordinates, kept inside the image."""
+        sx, sy = self.scale
+        height, width = self.perception
+        return [
+            (
+                min(max((x + 0.5) * sx - 0.5, 0.0), width - 1.0),
+                min(max((y + 0.5) * sy - 0.5, 0.0), height - 1.0),
+            )
+            for x, y in points
+        ]
+
+
+def _perception_image(path: Path, image: torch.Tensor, grids: Grids) -> torch.Tensor:
+    """The source image in the perception grid (the working image when the grids agree)."""
+    if grids.perception == grids.working:
+        return image
+    return read_image(path, size=grids.perception, where="image")
+
+
+# ---------------------------------------------------------------------------------------------
+# Selections
+
+
+def _check_selection(obj: SceneObject, index: int, size: tuple[int, int]) -> None:
+    """`InputError` when the box or a point of ``spec.objects[index]`` lies outside the image."""
     where = f"objects[{index}]"
-    size = (int(image.shape[-2]), int(image.shape[-1]))
-    if obj.mask is not None:
-        return read_mask(spec.resolve(obj.mask), size=size, where=f"{where}.mask")
+    height, width = size
     if obj.box is not None:
         x0, y0, x1, y1 = obj.box
-        if x1 <= 0 or y1 <= 0 or x0 >= size[1] - 1 or y0 >= size[0] - 1:
+        if x1 <= 0 or y1 <= 0 or x0 >= width - 1 or y0 >= height - 1:
             raise InputError(
-                f"box {list(obj.box)} lies outside the {size[1]}x{size[0]} image", f"{where}.box"
+                f"box {list(obj.box)} lies outside the {width}x{height} image", f"{where}.box"
             )
-        return grow_mask(mask_from_box(image, obj.box), SELECTION_GROWTH)
-    assert obj.points is not None
-    for j, (x, y) in enumerate(obj.points):
-        if not (0 <= x <= size[1] - 1 and 0 <= y <= size[0] - 1):
+    for j, (x, y) in enumerate(obj.points or ()):
+        if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
             raise InputError(
-                f"point ({x:g}, {y:g}) lies outside the {size[1]}x{size[0]} image",
+                f"point ({x:g}, {y:g}) lies outside the {width}x{height} image",
                 f"{where}.points[{j}]",
             )
-    found = mask_from_points(
-        image, obj.points, sam_dir=weights.component_dir(SAM), allow_pickle=weights.allow_pickle
-    )
+
+
+def check_selections(spec: MotionSpec, size: tuple[int, int]) -> None:
+    """Check every object's box and points against the working ``size`` (H, W), no pixels
+    needed: a box lying wholly outside the image or a click outside it is an `InputError`
+    naming ``objects[i].box`` or ``objects[i].points[j]``."""
+    for index, obj in enumerate(spec.objects):
+        _check_selection(obj, index, size)
+
+
+def object_mask(
+    obj: SceneObject,
+    index: int,
+    spec: MotionSpec,
+    image: torch.Tensor,
+    weights: Weights,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The selection mask of ``spec.objects[index]`` in the PERCEPTION grid (`perception_size`
+    of the source image): its mask file read at that size, or GrabCut in its box, or SAM /
+    GrabCut from its points (these two grown by `SELECTION_GROWTH` pixels). ``image`` is the
+    working-size image (spec coordinates are in its grid); ``seen`` the source image in the
+    perception grid, read from the spec's image when not given. `resize_mask` brings the mask
+    to the working size. Problems are `InputError`s naming ``objects[index]``."""
+    where = f"objects[{index}]"
+    working = (int(image.shape[-2]), int(image.shape[-1]))
+    _check_selection(obj, index, working)
+    path = spec.resolve(spec.image)
+    grids = Grids(working, perception_size(source_size(path)))
+    if obj.mask is not None:
+        return read_mask(spec.resolve(obj.mask), size=grids.perception, where=f"{where}.mask")
+    if seen is None:
+        seen = _perception_image(path, image, grids)
+    if obj.box is not None:
+        found = mask_from_box(seen, grids.box(obj.box))
+    else:
+        assert obj.points is not None
+        found = mask_from_points(
+            seen,
+            grids.points(obj.points),
+            sam_dir=weights.component_dir(SAM),
+            allow_pickle=weights.allow_pickle,
+        )
     return grow_mask(found, SELECTION_GROWTH)
 
 
@@ -94,56 +237,155 @@ def grow_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return torch.from_numpy(cv2.dilate(mask.numpy().astype(np.uint8), kernel) > 0)
 
 
-def _instance_map(
-    masks: list[torch.Tensor], ids: list[int], distance: torch.Tensor | None, size: tuple[int, int]
+# ---------------------------------------------------------------------------------------------
+# From the perception grid to the working grid
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A boolean mask at ``size`` (H, W) by nearest neighbour, exactly as `read_mask` resizes
+    a mask file (so a mask saved in the perception grid reads back the same)."""
+    if tuple(mask.shape) == tuple(size):
+        return mask
+    small = Image.fromarray(mask.numpy().astype(np.uint8) * 255)
+    resized = small.resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.asarray(resized) > 127)
+
+
+def _resize_values(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float32 map at ``size`` (H, W): area averaging when shrinking, else bilinear."""
+    shrink = size[0] <= values.shape[0] and size[1] <= values.shape[1]
+    method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(values, (size[1], size[0]), interpolation=method)
+
+
+def resize_distance(
+    distance: torch.Tensor, instance: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
-    """Union of the masks; where masks overlap, the nearer object (mean distance) wins."""
+    """A distance map from one grid to another without mixing instances.
+
+    ``instance`` labels ``distance``'s grid, ``target`` the new grid (its shape is the new
+    size). Every target pixel of label k gets a linear (or, shrinking, area) resize of the
+    distances of label k's pixels only, normalised by their weight, so an object's edge never
+    takes the background's distance; where label k has no nearby source pixel the plain resize
+    is used. Planar distances do not depend on the resolution at a fixed field of view, so the
+    values themselves are kept."""
+    size = (int(target.shape[0]), int(target.shape[1]))
+    if tuple(distance.shape) == size:
+        return distance.float()
+    values = distance.numpy().astype(np.float32)
+    out = _resize_values(values, size)
+    labels = instance.numpy()
+    wanted = target.numpy()
+    for label in np.unique(wanted):
+        inside = (labels == label).astype(np.float32)
+        weight = _resize_values(inside, size)
+        total = _resize_values(values * inside, size)
+        take = (wanted == label) & (weight > 1e-3)
+        out[take] = total[take] / weight[take]
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def _far_to_near(masks: list[torch.Tensor], distance: torch.Tensor) -> list[int]:
+    """Mask indices ordered by decreasing mean distance (empty masks count as farthest)."""
+
+    def mean(i: int) -> float:
+        return float(distance[masks[i]].mean()) if bool(masks[i].any()) else math.inf
+
+    return sorted(range(len(masks)), key=lambda i: -mean(i))
+
+
+def _instance_map(
+    masks: list[torch.Tensor], ids: list[int], order: list[int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Union of the masks painted in ``order`` (far first), so where masks overlap the nearer
+    object wins."""
     instance = torch.zeros(size, dtype=torch.int64)
-    order = list(range(len(masks)))
-    if distance is not None:
-        order.sort(key=lambda i: -float(distance[masks[i]].mean()))  # far first, near overwrites
     for i in order:
         instance[masks[i]] = ids[i]
     return instance
 
 
+# ---------------------------------------------------------------------------------------------
+# Warnings about inputs that do something the user may not expect
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _warn_about_inputs(spec: MotionSpec, image_path: Path) -> None:
+    """Warn about trajectories that cannot move their object and about a transparent photo."""
+    for i, obj in enumerate(spec.objects):
+        count = len(obj.trajectory)
+        if count == 1:
+            _warn(
+                f"objects[{i}].trajectory has a single keyframe, so the object stays where it "
+                "is: give at least two keyframes"
+            )
+        elif count > 1 and not obj.moves:
+            _warn(
+                f"objects[{i}].trajectory: all {count} keyframes are identical, so the object "
+                "stays where it is"
+            )
+    if has_transparent_pixels(image_path):
+        _warn(f"the image '{spec.image}' has transparent pixels: they are composited on black")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the scene
+
+
+def _working_masks(
+    spec: MotionSpec, masks: list[torch.Tensor], size: tuple[int, int]
+) -> list[torch.Tensor]:
+    """The selection masks at the working size: mask files read at it, the others resized."""
+    out = []
+    for i, (obj, mask) in enumerate(zip(spec.objects, masks, strict=True)):
+        if obj.mask is not None:
+            out.append(read_mask(spec.resolve(obj.mask), size=size, where=f"objects[{i}].mask"))
+        else:
+            out.append(resize_mask(mask, size))
+        if not bool(out[-1].any()):
+            raise InputError("the selection is empty at the working size", f"objects[{i}]")
+    return out
+
+
 def build_scene(spec: MotionSpec, weights: Weights | None = None) -> Scene:
     """Read and check every input the spec names, and lift the image to 3D."""
     weights = weights or Weights()
-    size = tuple(spec.size) if spec.size else None
-    image = read_image(spec.resolve(spec.image), size=size, where="image")
+    path = spec.resolve(spec.image)
+    image = read_image(path, size=tuple(spec.size) if spec.size else None, where="image")
     size = (int(image.shape[-2]), int(image.shape[-1]))
+    check_selections(spec, size)
+    _warn_about_inputs(spec, path)
     intrinsics = intrinsics_from_fov(size, spec.fov)
 
-    masks = [object_mask(obj, i, spec, image, weights) for i, obj in enumerate(spec.objects)]
-    for i, mask in enumerate(masks):
-        if not bool(mask.any()):
-            raise InputError("the selection is empty at the working size", f"objects[{i}]")
+    grids = Grids(size, perception_size(source_size(path)))
+    seen = _perception_image(path, image, grids)
+    found = [object_mask(obj, i, spec, image, weights, seen) for i, obj in enumerate(spec.objects)]
+    masks = _working_masks(spec, found, size)
     ids = [obj.id for obj in spec.objects]
 
     depth_anything = weights.component_dir(DEPTH_ANYTHING)
     if spec.depth is not None:
-        distance = read_depth(spec.resolve(spec.depth), size=size, where="depth")
+        distance = read_depth(spec.resolve(spec.depth), size=size, where="depth").float()
+        instance = _instance_map(masks, ids, _far_to_near(masks, distance), size)
         source = "file"
     else:
-        distance = estimate_distance(
-            image,
-            float(intrinsics[0, 0]),
-            masks,
+        seen_distance = estimate_distance(
+            seen,
+            float(intrinsics_from_fov(grids.perception, spec.fov)[0, 0]),
+            found,
             depth_anything_dir=depth_anything,
             allow_pickle=weights.allow_pickle,
-        )
+        ).float()
+        order = _far_to_near(found, seen_distance)
+        instance = _instance_map(masks, ids, order, size)
+        seen_instance = _instance_map(found, ids, order, grids.perception)
+        distance = resize_distance(seen_distance.cpu(), seen_instance, instance)
         source = "depth-anything" if depth_anything else "ground-plane prior"
-    distance = distance.float()
 
-    scene = Scene(
-        image,
-        distance,
-        _instance_map(masks, ids, distance, size),
-        intrinsics,
-        ids,
-        depth_source=source,
-    )
+    scene = Scene(image, distance, instance, intrinsics, ids, depth_source=source)
     _warn_if_trajectory_off_object(spec, scene)
     return scene
 

@@ -120,26 +120,40 @@ class SceneObject(_Strict):
 
 
 class CameraKeyframe(_Strict):
-    """A camera pose at time t, relative to the first frame's camera."""
+    """A camera pose at time t. Frame 0 always shows the photo: the pose the keyframes give at
+    t = 0 is the reference every frame's pose is taken relative to."""
 
-    t: float = Field(ge=0.0, le=1.0)
+    t: float = Field(ge=0.0, le=1.0, description="Time in [0, 1] over the clip.")
     position: Vec3 = Field(
         default=(0.0, 0.0, 0.0),
-        description="Camera centre in the first frame's camera coordinates (x right, y down, "
-        "z forward), scene units.",
+        description="Camera centre (x right, y down, z forward), scene units. Relative: the "
+        "camera moves by its displacement from the position at t = 0, taken in the frame of "
+        "the camera at t = 0, which is the photo's camera.",
     )
     rotation: Vec3 = Field(
         default=(0.0, 0.0, 0.0),
-        description="Camera rotation, degrees about x (tilt), y (pan), z (roll), in that order.",
+        description="Camera rotation, degrees about x (tilt), y (pan), z (roll), in that order. "
+        "Relative: the camera turns by its rotation from the rotation at t = 0.",
     )
-    zoom: float = Field(default=1.0, gt=0.0, description="Focal-length multiplier.")
+    zoom: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Focal-length multiplier, relative to the zoom at t = 0 (the photo's focal "
+        "length).",
+    )
 
 
 class KeyframeCamera(_Strict):
-    """Camera path from keyframes, interpolated by PCHIP like object trajectories."""
+    """Camera path from keyframes, interpolated by PCHIP like object trajectories and held
+    before the first keyframe and after the last. Frame 0 always shows the photo: the pose at
+    t = 0 (the first keyframe's when it starts later) is the reference, and every frame's pose
+    is taken relative to it."""
 
     type: Literal["keyframes"]
-    keyframes: list[CameraKeyframe] = Field(min_length=1)
+    keyframes: list[CameraKeyframe] = Field(
+        min_length=1,
+        description="Camera poses, relative to the pose at t = 0: frame 0 is always the photo.",
+    )
 
     @field_validator("keyframes")
     @classmethod
@@ -395,7 +409,7 @@ def load_spec(path: str | Path) -> MotionSpec:
     path = Path(path)
     where = f"in {path}"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is allowed
     except FileNotFoundError:
         raise InputError(f"spec file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
