@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -373,3 +374,22 @@ def test_failed_video_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
         with pytest.raises(RuntimeError, match="encoder died"):
             io.write_video(tmp_path / name, smooth_frames(2, 4, 4), fps=8)
     assert leftovers(tmp_path) == []
+
+
+def test_an_interruption_while_encoding_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    from anima.interrupts import Interrupted
+
+    def interrupted_encoder(args: list[str], stdin: bytes) -> None:
+        Path(args[-1]).write_bytes(stdin[:100])  # ffmpeg has begun writing the temporary
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(io, "_run_ffmpeg", interrupted_encoder)
+    out = tmp_path / "new" / "clip.mp4"
+    with pytest.raises(Interrupted):
+        io.write_video(out, smooth_frames(3, 8, 8), fps=8)
+    assert leftovers(tmp_path) == []  # no temporary, and no folder made for it
+    existing = tmp_path / "old.mp4"
+    existing.write_bytes(b"the user's video")
+    with pytest.raises(Interrupted):
+        io.write_video(existing, smooth_frames(3, 8, 8), fps=8)
+    assert leftovers(tmp_path) == ["old.mp4"] and existing.read_bytes() == b"the user's video"
