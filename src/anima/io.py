@@ -24,7 +24,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import cv2
-import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence
@@ -582,6 +581,8 @@ def write_depth_png(path: PathLike, distance: ArrayLike) -> None:
 
 def _run_ffmpeg(args: list[str], stdin: bytes) -> None:
     """Run the bundled ffmpeg with raw frames on stdin; raise RuntimeError on failure."""
+    import imageio_ffmpeg  # here, not at the top: reading and writing images never needs it
+
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *args]
     result = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
     if result.returncode != 0:
@@ -731,6 +732,8 @@ def _read_ffmpeg(path: Path, where: str | None) -> tuple[list[np.ndarray], float
     """Frames and fps of any video ffmpeg can decode (converted to RGB)."""
     if not path.is_file():
         raise InputError(f"cannot read video '{path}': file not found", where)
+    import imageio_ffmpeg
+
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
         meta = next(reader)
