@@ -12,6 +12,13 @@ process CPU time. ``in_pipeline_step_s`` is the same evaluation timed inside the
 and ``outside_steps_s`` a call's time outside its evaluations (encoding, decoding, loop), a
 direct measure of the overhead that isolated-vs-in-pipeline timing noise does not affect.
 
+Efficiency: ``step_flops`` is the floating-point work of one denoising evaluation, counted by
+`torch.utils.flop_counter.FlopCounterMode` (matrix products and convolutions, 2 per
+multiply-add), ``step_flop_per_s`` that work over ``step_s``, and ``step_peak_ratio`` the
+achieved rate over ``matmul_peak_flop_per_s``, this machine's float32 matmul rate measured in
+the same run (median of square products of ``--peak-size``). The full-size part reports the same
+three for its step.
+
 On a shared machine, other processes' load makes multi-threaded timings jump (an OpenMP thread
 descheduled stalls every parallel region); ``--threads 1`` gives steadier figures.
 
@@ -42,6 +49,7 @@ from types import SimpleNamespace
 
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
+from torch.utils.flop_counter import FlopCounterMode
 
 from anima.methods.levitor.pipeline import LeviTorPipeline
 from anima.models.svd_controlnet import SVDControlNetModel
@@ -64,6 +72,21 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def flops_of(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call, counted (not timed) by `FlopCounterMode`."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(size: int, repeats: int = 7) -> float:
+    """This machine's float32 matmul rate (FLOP/s): median over square products of ``size``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    seconds = statistics.median(timed(lambda: torch.mm(a, b))[0] for _ in range(repeats))
+    return 2 * size**3 / seconds
 
 
 def peak_rss_gib() -> float:
@@ -157,9 +180,12 @@ def run_midsize(args: argparse.Namespace) -> dict:
             runs["step"] += [timed(step) for _ in range(steps)]
             runs["encode"].append(timed(encode))
             runs["decode"].append(timed(decode))
+        step_flops = flops_of(step)
     wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
     return {
+        "step_flops": step_flops,
+        "step_flop_per_s": step_flops / wall["step"],
         "size": [height, width],
         "frames": frames,
         "steps": steps,
@@ -208,11 +234,15 @@ def run_fullsize(args: argparse.Namespace) -> dict:
 
     with torch.no_grad():
         times = [timed(step) for _ in range(args.fullsize_repeats)]
+        step_flops = flops_of(step)
+    step_s = statistics.median(w for w, _ in times)
     return {
+        "fullsize_step_flops": step_flops,
+        "fullsize_step_flop_per_s": step_flops / step_s,
         "fullsize_size": [FULL_HEIGHT, FULL_WIDTH],
         "fullsize_frames": FULL_FRAMES,
         "fullsize_repeats": args.fullsize_repeats,
-        "fullsize_step_s": statistics.median(w for w, _ in times),
+        "fullsize_step_s": step_s,
         "fullsize_step_cpu_s": statistics.median(c for _, c in times),
         "fullsize_build_rss_gib": build_rss,
         "fullsize_build_peak_rss_gib": build_peak,
@@ -234,11 +264,13 @@ def main() -> None:
     parser.add_argument("--fullsize", action="store_true", help="also the full-size step")
     parser.add_argument("--fullsize-only", action="store_true", help="skip the mid-size part")
     parser.add_argument("--fullsize-repeats", type=int, default=1)
+    parser.add_argument("--peak-size", type=int, default=2048, help="matmul size for the peak")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    report: dict = {"benchmark": "levitor"}
+    peak = matmul_peak(args.peak_size)
+    report: dict = {"benchmark": "levitor", "matmul_peak_flop_per_s": peak}
     if not args.fullsize_only:
         mid = run_midsize(args)
         for key, value in mid.items():
@@ -246,6 +278,11 @@ def main() -> None:
                 print(f"{key:<18} {value * 1000:9.1f} ms")
         ratios = mid["overhead_ratio"], mid["overhead_ratio_cpu"]
         print("overhead_ratio     {:9.3f} x (cpu time {:.3f} x)".format(*ratios))
+        mid["step_peak_ratio"] = mid["step_flop_per_s"] / peak
+        print(
+            f"step {mid['step_flop_per_s'] / 1e9:.2f} GFLOP/s = {mid['step_peak_ratio']:.3f} x "
+            f"the float32 matmul peak ({peak / 1e9:.1f} GFLOP/s)"
+        )
         report.update(mid)
         gc.collect()
     if args.fullsize or args.fullsize_only:
@@ -254,6 +291,8 @@ def main() -> None:
             f"fullsize step {full['fullsize_step_s']:.1f} s, peak RSS "
             f"{full['fullsize_peak_rss_gib']:.2f} GiB"
         )
+        full["fullsize_step_peak_ratio"] = full["fullsize_step_flop_per_s"] / peak
+        print(f"fullsize step {full['fullsize_step_peak_ratio']:.3f} x the float32 matmul peak")
         report.update(full)
     report["machine"] = (
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
