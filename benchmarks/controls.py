@@ -22,11 +22,8 @@ import torch
 from PIL import Image
 
 from anima.animation import build_animation
-from anima.methods.levitor.controls import (
-    compute_control_points,
-    control_maps,
-    first_frame_depth_range,
-)
+from anima.control_points import compute_control_points
+from anima.methods.levitor.controls import control_maps, first_frame_depth_range
 from anima.render import render
 from anima.scene import build_scene
 from anima.spec import load_spec

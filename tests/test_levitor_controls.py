@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from anima.methods.levitor.controls import (
-    CONTROL_VARIANTS,
+from anima.control_points import (
     ControlPoints,
     _sample_distance,
     compute_control_points,
+    num_control_points,
+)
+from anima.methods.levitor.controls import (
+    CONTROL_VARIANTS,
     control_maps,
     control_signal,
     depth_to_disparity_255,
     disc_geometry,
     first_frame_depth_range,
-    num_control_points,
 )
 
 

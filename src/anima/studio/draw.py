@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import torch
 
+from anima.control_points import ControlPoints
 from anima.io import to_uint8
-from anima.methods.levitor.controls import ControlPoints
 
 PALETTE = (
     (230, 25, 75),

@@ -17,8 +17,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from anima.animation import build_animation
+from anima.control_points import ControlPoints, compute_control_points
 from anima.methods.base import Controls, Method
-from anima.methods.levitor.controls import ControlPoints, compute_control_points
 from anima.methods.registry import register
 from anima.render import render
 from anima.scene import Scene

@@ -49,15 +49,20 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.nn import functional as F
 
 from anima.camera import intrinsics_from_fov
+from anima.clips import (
+    DEPTH_DIR,
+    FRAMES_DIR,
+    INSTANCE_DIR,
+    crop_resize_nearest,
+    crop_resize_rgb,
+)
 from anima.errors import InputError
 from anima.io import FRAME_SUFFIXES, read_depth, read_image
-from anima.methods.levitor.controls import control_signal, resize_nearest
+from anima.methods.levitor.controls import control_signal
 from anima.perception.depth import estimate_distance
 
-FRAMES_DIR, INSTANCE_DIR, DEPTH_DIR = "frames", "instance", "depth"
 INSTANCE_SUFFIXES = (".png",)
 DEPTH_SUFFIXES = (".png", ".npy")
 #: An object "moves" when its centroid leaves a disc of this fraction of the image diagonal.
@@ -111,32 +116,6 @@ def read_instance(path: Path, where: str) -> Tensor:
     if (ids < 0).any():
         raise InputError(f"instance map '{path.name}' has negative ids", where)
     return torch.from_numpy(ids)
-
-
-def crop_box(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of the largest centred crop of ``source`` with the aspect
-    ratio of ``target`` (both ``(H, W)``)."""
-    (h0, w0), (h, w) = source, target
-    if w0 * h > h0 * w:  # too wide: crop the width
-        cw = max(1, min(w0, round(h0 * w / h)))
-        return 0, (w0 - cw) // 2, h0, cw
-    ch = max(1, min(h0, round(w0 * h / w)))
-    return (h0 - ch) // 2, 0, ch, w0
-
-
-def crop_resize_rgb(frames: Tensor, size: tuple[int, int]) -> Tensor:
-    """(F, 3, H0, W0) -> centre crop to the aspect of ``size`` -> bilinear (antialiased) resize."""
-    top, left, ch, cw = crop_box(tuple(frames.shape[-2:]), size)
-    frames = frames[..., top : top + ch, left : left + cw]
-    if tuple(frames.shape[-2:]) != tuple(size):
-        frames = F.interpolate(frames, size=size, mode="bilinear", antialias=True)
-    return frames.clamp(0.0, 1.0)
-
-
-def crop_resize_nearest(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """(F, H0, W0) ids or distances -> centre crop -> nearest-neighbour resize."""
-    top, left, ch, cw = crop_box(tuple(maps.shape[-2:]), size)
-    return resize_nearest(maps[..., top : top + ch, left : left + cw], size)
 
 
 def moved_objects(instance: Tensor, threshold: float = DEFAULT_MOVE_THRESHOLD) -> tuple[int, ...]:

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from anima.clips import FRAMES_DIR, crop_box, crop_resize_rgb
 from anima.errors import InputError
 from anima.io import FRAME_SUFFIXES, read_image
-from anima.methods.levitor.dataset import FRAMES_DIR, crop_box, crop_resize_rgb
 from anima.methods.xdyna.keypoints import DrivingKeypoints
 from anima.methods.xdyna.pose_map import pose_maps
 
