@@ -17,11 +17,23 @@ Masks restrict which keys a query may see (True = visible), on top of the window
 
 With neither, when every frame has the same window, the queries of all frames of a video attend
 in one call to the window's keys, without copying them per frame.
+
+``foreground`` (H, W) or (F, H, W) builds in I2V3D's rule for keyframes generated jointly
+(I2V3D §3.2.3 with the release's masks): background queries attend to their own frame plus the
+other frames' background tokens (``shared`` = the background), foreground queries to their own
+frame only. It is computed as two attention calls combined per query, never with a dense
+(F*N x F*N) mask: the masked extended attention (each frame's window of keys with a boolean mask
+over keys only, (F, L*N), broadcast over queries and heads) for background queries, the plain
+attention of the frame for foreground ones.
+
+``branches``/``targets`` (`anima.attention.branches`) limit it to some branches of the batch,
+e.g. the target branches of I2V3D's ``[source; uncond; cond]`` pass; the others get their plain
+attention.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +43,7 @@ from torch.nn import functional as F
 
 from anima.attention.frames import MaskCache, Window, frame_count, groups, token_grid, windows
 from anima.attention.layers import SPATIAL_SELF, Patterns, attention_layers, is_temporal
-from anima.attention.processor import AttentionCall, AttentionHook, Hooks
+from anima.attention.processor import AttentionCall, AttentionHook, Hooks, plain_attention
 from anima.attention.store import StepCounter, Steps
 
 #: ``mask_fn(frame, window_frames, (h, w)) -> bool mask (h*w or 1, len(window_frames) * h*w)``.
@@ -67,8 +79,9 @@ def check_spatial_self(layers: dict[str, nn.Module]) -> None:
 
 class OwnerAttention(AttentionHook):
     """A layer's hook that hands the attention itself to its owner's ``attend(call, query,
-    key, value)`` while the owner is active; ``what`` names the owner in errors (these owners
-    take no ``attention_mask``)."""
+    key, value)`` while the owner is active, on the rows of the owner's target branches (the
+    others attend plainly); ``what`` names the owner in errors (these owners take no
+    ``attention_mask``)."""
 
     may_edit = True
     attends = True
@@ -87,14 +100,15 @@ class OwnerAttention(AttentionHook):
             return None
         if mask is not None:
             raise ValueError(f"{call.layer}: {self.what} takes no attention_mask")
-        return self.owner.attend(call, query, key, value)
+        return self.owner.attend_targets(call, query, key, value, self.owner.attend)
 
 
 class ExtendedAttention(Hooks):
     """Within the block, the spatial self-attention layers matched by ``layers`` (less
     ``exclude``) let each frame attend to the K/V of its ``window`` of frames (``"all"``, a
-    sliding size, fixed indices or a function), restricted by ``shared`` / ``mask_fn``, on the
-    ``steps`` given. ``num_frames`` as in `anima.attention.frames`. Use as a context manager."""
+    sliding size, fixed indices or a function), restricted by ``shared`` / ``mask_fn``, or by
+    the ``foreground`` rule, on the ``steps`` given and the ``targets`` among ``branches``.
+    ``num_frames`` as in `anima.attention.frames`. Use as a context manager."""
 
     def __init__(
         self,
@@ -105,19 +119,28 @@ class ExtendedAttention(Hooks):
         num_frames: int | None = None,
         shared: Tensor | None = None,
         mask_fn: MaskFn | None = None,
+        foreground: Tensor | None = None,
         exclude: Patterns | None = None,
         steps: Steps = None,
         counter: StepCounter | None = None,
+        branches: Sequence[str] | None = None,
+        targets: str | Sequence[str] | None = None,
     ) -> None:
-        super().__init__(model, counter, steps)
+        super().__init__(model, counter, steps, branches, targets)
+        if foreground is not None and shared is not None:
+            raise ValueError("foreground implies shared (its background): give one of them")
         self.layers = layers
         self.exclude = exclude
         self.window = window
         self.num_frames = num_frames
-        self.shared = None if shared is None else MaskCache(shared)
+        self.foreground = foreground is not None
+        # the mask of what other frames may see: shared, or the foreground (whose complement)
+        mask = foreground if foreground is not None else shared
+        self.shared = None if mask is None else MaskCache(mask)
         self.mask_fn = mask_fn
         self._plans: dict[int, _Plan] = {}
         self._masks: dict[tuple[int, int, tuple[int, int] | None], Tensor | None] = {}
+        self._queries: dict[tuple[int, int, tuple[int, int] | None], Tensor] = {}
 
     def _install(self) -> None:
         layers = attention_layers(self.model, self.layers, self.exclude)
@@ -134,7 +157,44 @@ class ExtendedAttention(Hooks):
         return self._plans[num_frames]
 
     def attend(self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        """Attention of each frame's queries over its window's keys/values."""
+        """Attention of each frame's queries over its window's keys/values; with
+        ``foreground``, the plain attention for the foreground queries."""
+        extended = self._extended(call, query, key, value)
+        if not self.foreground:
+            return extended
+        batch, _, tokens, _ = query.shape
+        num_frames = frame_count(self.num_frames, self.watcher)
+        inside = self._foreground_queries(num_frames, tokens, call.size).to(query.device)
+        inside = inside.expand(groups(batch, num_frames), -1, -1).reshape(batch, 1, tokens, 1)
+        return torch.where(inside, plain_attention(query, key, value), extended)
+
+    def _grid(self, tokens: int, size: tuple[int, int] | None) -> tuple[int, int]:
+        if size is not None:
+            return size
+        hint = self.watcher.size if self.watcher is not None else None
+        aspect = self.shared.aspect if self.shared is not None else None
+        return token_grid(tokens, hint, aspect)
+
+    def _shared_tokens(self, grid: tuple[int, int], tokens: int) -> Tensor:
+        """(mask frames, tokens) bool: the tokens a frame lets other frames see."""
+        assert self.shared is not None
+        masks = self.shared.at(grid, torch.empty(0)) >= 0.5
+        masks = masks.reshape(masks.shape[0], tokens)
+        return ~masks if self.foreground else masks
+
+    def _foreground_queries(
+        self, num_frames: int, tokens: int, size: tuple[int, int] | None
+    ) -> Tensor:
+        """(1, F, tokens) bool: the queries of each frame inside its foreground."""
+        cache_key = (num_frames, tokens, size)
+        if cache_key not in self._queries:
+            assert self.shared is not None
+            background = self._shared_tokens(self._grid(tokens, size), tokens)
+            which = self.shared.for_frames(torch.arange(num_frames), num_frames)
+            self._queries[cache_key] = ~background[which][None]
+        return self._queries[cache_key]
+
+    def _extended(self, call: AttentionCall, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         batch, heads, tokens, dim = key.shape
         num_frames = frame_count(self.num_frames, self.watcher)
         videos = groups(batch, num_frames)
@@ -180,12 +240,10 @@ class ExtendedAttention(Hooks):
         visible = plan.valid[:, :, None].expand(num_frames, length, tokens)
         grid = size
         if grid is None and (self.shared is not None or self.mask_fn is not None):
-            hint = self.watcher.size if self.watcher is not None else None
-            aspect = self.shared.aspect if self.shared is not None else None
-            grid = token_grid(tokens, hint, aspect)
+            grid = self._grid(tokens, size)
         if self.shared is not None:
-            masks = self.shared.at(grid, torch.empty(0)) >= 0.5
-            masks = masks.reshape(masks.shape[0], tokens)
+            assert grid is not None
+            masks = self._shared_tokens(grid, tokens)
             which = self.shared.for_frames(plan.index, num_frames)
             own = plan.index == torch.arange(num_frames)[:, None]
             visible = visible & (own[..., None] | masks[which])

@@ -3,7 +3,11 @@
 A layer is named by its module path in the model, as diffusers names it: an attention layer by
 its key in ``model.attn_processors`` without the ``.processor`` suffix (e.g.
 ``down_blocks.0.attentions.0.transformer_blocks.0.attn1``), a resnet by its module path (e.g.
-``up_blocks.1.resnets.0``). Selections are patterns over those names:
+``up_blocks.1.resnets.0``), a residual branch by the module path of the res block whose
+``conv2`` computes it (``up_blocks.1.resnets.0`` in `UNet2DConditionModel` and
+`UNetMotionModel`; ``up_blocks.1.resnets.0.spatial_res_block`` and
+``up_blocks.1.resnets.0.temporal_res_block`` inside SVD's ``SpatioTemporalResBlock``).
+Selections are patterns over those names:
 
 - a ``str`` is a shell pattern matched against the whole name with `fnmatch.fnmatchcase`
   (``*`` also matches dots, so ``"down_blocks.*.attn1"`` is every ``attn1`` in the down blocks,
@@ -27,6 +31,7 @@ from fnmatch import fnmatchcase
 from typing import TypeAlias
 
 from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D, TemporalResnetBlock
 from torch import nn
 
 Pattern: TypeAlias = str | re.Pattern[str]
@@ -42,6 +47,11 @@ CROSS = re.compile(r"(.+\.)?attentions\.\d+\.transformer_blocks\.\d+\.attn2")
 TEMPORAL = re.compile(r"(.+\.)?(motion_modules|temporal_transformer_blocks|temp_attentions)\..+")
 #: A resnet block of a UNet level (``ResnetBlock2D``, SVD's ``SpatioTemporalResBlock``).
 RESNETS = re.compile(r"(.+\.)?resnets\.\d+")
+#: The temporal res blocks of SVD's ``SpatioTemporalResBlock``s (their residual branch mixes
+#: frames), e.g. to exclude them from a selection of residual branches.
+TEMPORAL_RESIDUALS = re.compile(r"(.+\.)?temporal_res_block")
+#: The res blocks whose residual branch (``conv2`` output) can be captured and injected.
+RESIDUAL_BLOCKS = (ResnetBlock2D, TemporalResnetBlock)
 
 
 def _as_list(patterns: Patterns | None) -> list[Pattern]:
@@ -97,4 +107,19 @@ def resnet_layers(
     """The resnet blocks of ``model`` (modules named ``...resnets.<i>``) selected by name, e.g.
     ``resnet_layers(unet, "up_blocks.*")``."""
     blocks = {name: module for name, module in model.named_modules() if RESNETS.fullmatch(name)}
+    return {name: blocks[name] for name in select(blocks, include, exclude)}
+
+
+def residual_layers(
+    model: nn.Module, include: Patterns = "*", exclude: Patterns | None = None
+) -> dict[str, nn.Module]:
+    """The res blocks of ``model`` whose residual branch hooks can read and replace (every
+    ``ResnetBlock2D`` and SVD ``TemporalResnetBlock``, by module path) selected by name, e.g.
+    ``residual_layers(unet, "up_blocks.[12].resnets.[01]")`` (AnyI2V) or
+    ``residual_layers(svd_unet, "up_blocks.*", exclude=TEMPORAL_RESIDUALS)``."""
+    blocks = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, RESIDUAL_BLOCKS)
+    }
     return {name: blocks[name] for name in select(blocks, include, exclude)}

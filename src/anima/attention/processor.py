@@ -8,8 +8,11 @@ other frames' K/V. Instead of patching forwards, each hooked layer gets one
 that was there before (``base``) and an ordered list of `AttentionHook` objects:
 
 - while no hook edits the current call (nothing installed edits, or its steps are not now) the
-  call is delegated to ``base``, so the output is bit-identical to the unhooked model; hooks that
-  only read Q/K/V get them from the layer's own ``to_q``/``to_k``/``to_v`` on the same inputs;
+  call is delegated to ``base``, so the output is bit-identical to the unhooked model. Hooks that
+  only read Q/K/V (a capture) get the projections the processor computes anyway: on a stock
+  ``AttnProcessor2_0`` layer the call takes the hooked path below, which reproduces it exactly
+  (bit for bit) and computes ``to_q``/``to_k``/``to_v`` once; on any other base they are
+  recomputed from the same inputs beside it (the base's own computation stays untouched);
 - otherwise the processor computes attention itself with diffusers' ``AttnProcessor2_0``
   semantics (spatial_norm, 4-D inputs, group_norm, norm_cross, norm_q/norm_k, attention mask,
   ``to_out``, residual_connection, rescale_output_factor; the SDPA scale is 1/sqrt(head_dim)),
@@ -20,24 +23,29 @@ that was there before (``base``) and an ordered list of `AttentionHook` objects:
   the injected features.
 
 `Hooks` is the base of the context managers (`capture`, `inject`, `extended_attention`,
-`reference_kv`): entering installs, leaving removes (also on error). Several may be active on
-one model, on the same layers or not; removing one takes only its hooks off, and when a layer's
-last hook goes its original processor object is put back, so ``model.attn_processors`` is
-exactly as before. Resnet hooks are ``register_forward_hook`` handles, removed the same way.
+`reference_kv`, `stop_after`): entering installs, leaving removes (also on error); each may be
+limited to some branches of the batch (``branches``/``targets``, `anima.attention.branches`).
+Several may be active on one model, on the same layers or not; removing one takes only its
+hooks off, and when a layer's last hook goes its original processor object is put back, so
+``model.attn_processors`` is exactly as before. Resnet hooks (on a block's output, or on its
+residual branch: its ``conv2``) are ``register_forward_hook`` handles, removed the same way.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, TypeVar
 
+import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from anima.attention.branches import Branches, Span
 from anima.attention.frames import InputWatcher
+from anima.attention.residual import ResidualFn, residual_hook
 from anima.attention.store import StepCounter, Steps, in_steps
 
 _H = TypeVar("_H", bound="Hooks")
@@ -46,6 +54,8 @@ _H = TypeVar("_H", bound="Hooks")
 #: (exact types: a subclass may compute something else). Hooked, ``AttnProcessor`` layers
 #: compute with SDPA too: the same attention, up to float rounding.
 EDITABLE_BASES = (AttnProcessor2_0, AttnProcessor)
+#: The processor `HookedAttnProcessor` reproduces bit for bit.
+EXACT_BASE = AttnProcessor2_0
 
 
 @dataclass
@@ -63,6 +73,22 @@ class AttentionCall:
     query: Tensor | None = None
     key: Tensor | None = None
     value: Tensor | None = None
+
+    def narrow(self, start: int, size: int) -> AttentionCall:
+        """The same call restricted to batch rows ``start:start + size`` (one branch)."""
+        if start == 0 and self.hidden_states is not None and size == self.hidden_states.shape[0]:
+            return self
+
+        def rows(tensor: Tensor | None) -> Tensor | None:
+            return None if tensor is None else tensor.narrow(0, start, size)
+
+        return replace(
+            self,
+            hidden_states=rows(self.hidden_states),
+            query=rows(self.query),
+            key=rows(self.key),
+            value=rows(self.value),
+        )
 
 
 class AttentionHook:
@@ -160,12 +186,14 @@ class HookedAttnProcessor:
     ) -> Tensor:
         hooks = list(self.hooks)
         call = AttentionCall(self.layer, attn, is_self=encoder_hidden_states is None)
-        if any(hook.edits(call) for hook in hooks):
+        reads = any(hook.wants_qkv(call) for hook in hooks)
+        if any(hook.edits(call) for hook in hooks) or (reads and type(self.base) is EXACT_BASE):
+            # an edit, or a reading of q/k/v that the exact reproduction computes only once
             out = self._hooked(
                 call, hooks, hidden_states, encoder_hidden_states, attention_mask, temb
             )
         else:
-            if any(hook.wants_qkv(call) for hook in hooks):
+            if reads:  # another base: its q/k/v are not at hand, recompute them beside it
                 inputs = _inputs(attn, hidden_states, encoder_hidden_states, temb)
                 call.hidden_states, context, call.size = inputs
                 q, k, v = attn.to_q(call.hidden_states), attn.to_k(context), attn.to_v(context)
@@ -279,18 +307,31 @@ def attach(attn: Attention, layer: str, hook: AttentionHook) -> Callable[[], Non
     return detach
 
 
+def plain_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    """The unedited attention of the hooked path (as ``AttnProcessor2_0`` computes it)."""
+    return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+
+
 class Hooks(ABC):
     """Base of the context managers: ``with hooks:`` (or `install` / `remove`) puts hooks on a
     model and takes them off, also when the block raises. ``counter`` is the `StepCounter` the
-    hooks read (share one between a capture and an injection; ``hooks.step = i`` ticks it) and
-    ``steps`` the steps they are active on (`anima.attention.store.Steps`)."""
+    hooks read (share one between a capture and an injection; ``hooks.step = i`` ticks it),
+    ``steps`` the steps they are active on (`anima.attention.store.Steps`), ``branches`` the
+    branches of the batch and ``targets`` those the hooks act on (`anima.attention.branches`:
+    by default one branch, the whole batch; with ``branches``, every branch but ``"source"``)."""
 
     def __init__(
-        self, model: nn.Module, counter: StepCounter | None = None, steps: Steps = None
+        self,
+        model: nn.Module,
+        counter: StepCounter | None = None,
+        steps: Steps = None,
+        branches: Sequence[str] | None = None,
+        targets: str | Sequence[str] | None = None,
     ) -> None:
         self.model = model
         self.counter = counter if counter is not None else StepCounter()
         self.steps = steps
+        self.branches = Branches.of(branches, targets)
         self.watcher: InputWatcher | None = None
         self.installed = False
         self._undo: list[Callable[[], None]] = []
@@ -306,6 +347,40 @@ class Hooks(ABC):
     def active(self) -> bool:
         """Whether the current step is one of ``steps``."""
         return in_steps(self.counter.step, self.steps)
+
+    def runs(self, batch: int) -> list[Span]:
+        """The batch as runs of targeted and untargeted branches (one run: all targeted)."""
+        if self.branches.everything:
+            return [Span(0, batch, True)]
+        return self.branches.runs(batch)
+
+    def targeted_rows(self, value: Tensor) -> Tensor:
+        """The rows of ``value`` (batch first) in the targeted branches."""
+        runs = [run for run in self.runs(value.shape[0]) if run.targeted]
+        if len(runs) == 1:
+            return value.narrow(0, runs[0].start, runs[0].size)
+        return torch.cat([value.narrow(0, run.start, run.size) for run in runs])
+
+    def attend_targets(
+        self,
+        call: AttentionCall,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attend: Callable[[AttentionCall, Tensor, Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        """``attend`` on the targeted branches' rows, plain attention on the others."""
+        runs = self.runs(query.shape[0])
+        if len(runs) == 1:
+            return attend(call, query, key, value)
+        outs = []
+        for run in runs:
+            q, k, v = (x.narrow(0, run.start, run.size) for x in (query, key, value))
+            if run.targeted:
+                outs.append(attend(call.narrow(run.start, run.size), q, k, v))
+            else:
+                outs.append(plain_attention(q, k, v))
+        return torch.cat(outs)
 
     def install(self: _H) -> _H:
         if self.installed:
@@ -348,6 +423,10 @@ class Hooks(ABC):
 
     def _forward_hook(self, module: nn.Module, hook: Callable[..., Any]) -> None:
         self._undo.append(module.register_forward_hook(hook).remove)
+
+    def _residual_hook(self, block: nn.Module, fn: ResidualFn) -> None:
+        """``fn`` on the residual branch of ``block`` (its ``conv2`` output, frame-major)."""
+        self._forward_hook(block.conv2, residual_hook(fn))
 
     def _watch_inputs(self) -> InputWatcher:
         self.watcher = InputWatcher(self.model)

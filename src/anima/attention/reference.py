@@ -15,8 +15,14 @@ frozen UNet on the reference image, X-Dyna's shared-weight parallel branch. Fram
 per video as described in `anima.attention.frames`; under CFG each half's reference is its own.
 
 Without weights, `reference_kv` makes every frame attend to the reference's K/V instead of its
-own (AnyI2V: all frames use frame 0's K/V), or to both (``keep_self=True``): extended attention
-with a window of the reference frame.
+own, or to both (``keep_self=True``): extended attention with a window of the reference frame.
+AnyI2V's first-frame feature injection into self-attention is this replacement: frames
+1..F-1 attend to frame 0's current K and V, frame 0 to its own, in the conditional half only
+(``branches=CFG_BRANCHES, targets="cond"``).
+
+Every mode may be limited to some branches of the batch (``branches``/``targets``,
+`anima.attention.branches`): the other branches keep their plain attention (and get no adapter
+branch). A recorded reference then needs one row per video of the targeted branches, or one.
 
 A recorded reference (``recorded``, either mode): the reference's path through the spatial
 layers does not depend on the other frames (the layers are per frame, and the reference attends
@@ -43,7 +49,7 @@ frame per pass wherever one reference serves several passes (sliding windows, X-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -158,7 +164,17 @@ class _ReferenceHook(AttentionHook):
     def projected(self, call: AttentionCall, hidden_states: Tensor) -> Tensor:
         if not self.owner.active():
             return hidden_states
-        return hidden_states + self.owner.branch(call, self.weights, hidden_states)
+        runs = self.owner.runs(hidden_states.shape[0])
+        if len(runs) == 1:
+            return hidden_states + self.owner.branch(call, self.weights, hidden_states)
+        pieces = []
+        for run in runs:
+            rows = hidden_states.narrow(0, run.start, run.size)
+            if run.targeted:
+                sub = call.narrow(run.start, run.size)
+                rows = rows + self.owner.branch(sub, self.weights, rows)
+            pieces.append(rows)
+        return torch.cat(pieces)
 
 
 def recorded_kv(
@@ -202,8 +218,10 @@ class ReferenceAttention(Hooks):
         exclude: Patterns | None = None,
         steps: Steps = None,
         counter: StepCounter | None = None,
+        branches: Sequence[str] | None = None,
+        targets: str | Sequence[str] | None = None,
     ) -> None:
-        super().__init__(model, counter, steps)
+        super().__init__(model, counter, steps, branches, targets)
         self.weights = weights
         self.layers = layers
         self.exclude = exclude
@@ -309,8 +327,10 @@ class RecordedKV(Hooks):
         exclude: Patterns | None = None,
         steps: Steps = None,
         counter: StepCounter | None = None,
+        branches: Sequence[str] | None = None,
+        targets: str | Sequence[str] | None = None,
     ) -> None:
-        super().__init__(model, counter, steps)
+        super().__init__(model, counter, steps, branches, targets)
         self.recorded = recorded
         self.layers = layers
         self.keep_self = keep_self
@@ -358,6 +378,8 @@ def reference_kv(
     exclude: Patterns | None = None,
     steps: Steps = None,
     counter: StepCounter | None = None,
+    branches: Sequence[str] | None = None,
+    targets: str | Sequence[str] | None = None,
 ) -> Hooks:
     """Let each frame attend to the K/V of frame ``reference`` (of each video), or to those
     ``recorded`` (a `FeatureStore` of a `capture` of ``k``/``v`` over the reference alone, read
@@ -369,7 +391,9 @@ def reference_kv(
     selected, all of which need weights); the reference frame itself is left plain unless
     ``apply_to_reference``. Without: the reference's K/V replace each frame's own (or join them,
     ``keep_self``) on the spatial self-attention ``layers`` (`SPATIAL_SELF` by default). Use as a
-    context manager; ``num_frames`` as in `anima.attention.frames`."""
+    context manager; ``num_frames`` as in `anima.attention.frames`; ``branches``/``targets``
+    limit it to some branches of the batch (e.g. AnyI2V's frame-0 K/V in the conditional half:
+    ``reference_kv(unet, layers, branches=CFG_BRANCHES, targets="cond")``)."""
     if recorded is not None and (reference != 0 or apply_to_reference):
         raise ValueError(
             "a recorded reference is no frame of the pass: reference and apply_to_reference "
@@ -385,6 +409,8 @@ def reference_kv(
             exclude=exclude,
             steps=steps,
             counter=counter,
+            branches=branches,
+            targets=targets,
         )
     if weights is None:
         return ExtendedAttention(
@@ -395,6 +421,8 @@ def reference_kv(
             exclude=exclude,
             steps=steps,
             counter=counter,
+            branches=branches,
+            targets=targets,
         )
     return ReferenceAttention(
         model,
@@ -407,4 +435,6 @@ def reference_kv(
         exclude=exclude,
         steps=steps,
         counter=counter,
+        branches=branches,
+        targets=targets,
     )
