@@ -1,4 +1,4 @@
-"""Tests of LeviTor's K-means control points and control maps (paper 003, Eq. 1-5)."""
+"""Tests of LeviTor's K-means control points and control maps (LeviTor Eq. 1-5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``anima`` command line (DESIGN.md, "CLI contract").
+"""The ``anima`` command line (docs/architecture.md, "The CLI's promises").
 
 Exit status: 0 success; 2 bad input (one line ``error: <what>, <where>`` on stderr, no traceback,
 no output file left behind); 1 internal error (with a traceback, for a bug report).

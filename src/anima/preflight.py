@@ -1,4 +1,4 @@
-"""Everything a spec needs, checked before any work (the boundary of DESIGN.md's data flow).
+"""Everything a spec needs, checked before any work (docs/architecture.md, "Data flow").
 
 `check_spec` is what `anima spec validate` reports and what `anima animate` runs on every spec
 of a batch before the first render: the spec's schema, the command-line overrides, the method

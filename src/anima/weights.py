@@ -1,4 +1,6 @@
-"""Where weights live, what each part needs, and what is present (DESIGN.md, "Models and weights").
+"""Where weights live, what each part needs, and what is present.
+
+(docs/architecture.md, "Models and weights")
 
 Weights come from one local directory (``--weights DIR`` or ``$ANIMA_WEIGHTS``) holding one
 sub-directory a component, in diffusers/transformers layout::

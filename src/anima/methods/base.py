@@ -1,4 +1,6 @@
-"""What every method is: a name, what it needs, and two steps (DESIGN.md, "Package layout").
+"""What every method is: a name, what it needs, and two steps.
+
+(docs/architecture.md, "A method folder")
 
 ``prepare(spec, scene) -> Controls`` turns the spec and scene into what the method's generator is
 conditioned on; ``generate(controls) -> frames`` makes the video. The CLI and the studio look

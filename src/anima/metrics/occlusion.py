@@ -17,8 +17,8 @@
 - **Occlusion accuracy** is the fraction of (object, frame) pairs, frame 0 excluded, whose
   predicted visibility equals the truth's: 1.0 when the object is hidden exactly when it should
   be, lower when it stays in front of an occluder, vanishes, or is not where it should be. This
-  is the binary occlusion-order check the toy world's ground truth allows (DESIGN.md, toy world:
-  "occlusion order"); the papers report no such metric.
+  is the binary occlusion-order check the toy world's ground truth allows (docs/architecture.md,
+  "The toy world"); the papers report no such metric.
 """
 
 from __future__ import annotations

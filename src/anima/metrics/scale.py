@@ -1,8 +1,8 @@
 """Object scale over a clip: the truth's and the error of a generated video's.
 
 An object's image scale at frame t relative to frame 0 is, for a pinhole camera, d0 / dt, the
-ratio of its distances (`/work/shared/DESIGN.md`: moving an object from distance d0 to d1 scales
-its image by d0/d1). From the ground truth it is taken, in order of preference, from
+ratio of its distances (docs/architecture.md, "Conventions": moving an object from distance d0
+to d1 scales its image by d0/d1). From the ground truth it is taken, in order of preference, from
 
 1. the distance maps: the median distance of the object's visible pixels at frame 0 over that at
    frame t (exact for a rigid object and unaffected by partial occlusion);

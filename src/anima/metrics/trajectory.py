@@ -2,8 +2,8 @@
 
 ObjMC ("object motion control") is the mean Euclidean distance, in pixels, between where points
 should be and where a tracker finds them in the generated video. It was introduced by DragNUWA
-(Yin et al., 2023) and used by DragAnything (Wu et al., 2024) and LeviTor (Wang et al., 2025;
-`/work/shared/REFERENCE.md`), all with CoTracker re-tracking; here the tracks come from
+(Yin et al., 2023) and used by DragAnything (Wu et al., 2024) and LeviTor (Wang et al., 2025, §4.1),
+all with CoTracker re-tracking; here the tracks come from
 :mod:`anima.metrics.tracking`. Frame 0 is the conditioning image and is excluded; only (point,
 frame) pairs that are visible in the truth and still tracked count.
 

@@ -1,4 +1,4 @@
-"""Tiny random SD1.5-family models built offline from config: the X-Dyna stack (paper 004).
+"""Tiny random SD1.5-family models built offline from config: the X-Dyna stack.
 
 Same classes as the full-size release: `UNet2DConditionModel` turned into a `UNetMotionModel`
 by a `MotionAdapter` (AnimateDiff), `AutoencoderKL` (8x like SD's), `CLIPTextModel` with a
@@ -39,7 +39,7 @@ from anima.models.ip_adapter import (
 )
 from anima.models.tiny import clip_feature_extractor, seeded, tiny_clip_image_encoder
 
-#: X-Dyna's sampler (REFERENCE.md): DDIM with linear betas 0.00085-0.012.
+#: X-Dyna's sampler (the authors' release): DDIM with linear betas 0.00085-0.012.
 XDYNA_SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,

@@ -1,6 +1,6 @@
 """Sliding temporal windows for videos longer than a video model's context.
 
-X-Dyna (paper 004, §4.1 and REFERENCE.md) generates long videos with sliding windows of 16
+X-Dyna (§4.1, and its release) generates long videos with sliding windows of 16
 frames overlapping by 4: at every denoising step the model predicts the noise of each window
 separately and the predictions of a frame covered by several windows are averaged. The same
 windows serve any model whose motion layers see a fixed number of frames.

@@ -1,4 +1,4 @@
-"""A procedural toy world with exact ground truth (DESIGN.md, "The toy world").
+"""A procedural toy world with exact ground truth (docs/architecture.md, "The toy world").
 
 Deterministic by seed: textured ground (optionally with a rippling-water region) and sky, 1-3
 rigid objects (spheres, boxes, textured sprites) on 3D paths (approach, recede, passes behind or

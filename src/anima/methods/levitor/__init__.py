@@ -1,4 +1,4 @@
-"""LeviTor: 3D trajectory control of SVD with K-means control points (paper 003).
+"""LeviTor: 3D trajectory control of SVD with K-means control points.
 
 ``prepare`` renders the spec's 3D motion (`anima.render`), and turns the rendered instance and
 distance maps into control points and control maps (`controls.control_signal`, the same
@@ -115,7 +115,7 @@ def load_pipeline(weights: Weights, device: torch.device, dtype: torch.dtype):
 @register
 class LeviTorMethod(Method):
     name = "levitor"
-    summary = "LeviTor: SVD + ControlNet on K-means control points with depth (paper 003)"
+    summary = "LeviTor: SVD + ControlNet on K-means control points with depth"
     components = (SVD, LEVITOR_CONTROLNET)
     builtin_weights = ("tiny",)
     options_model = LeviTorOptions

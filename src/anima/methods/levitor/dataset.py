@@ -1,4 +1,4 @@
-"""Training clips for the LeviTor ControlNet (paper 003, §3.2).
+"""Training clips for the LeviTor ControlNet (LeviTor §3.2).
 
 Layout of a dataset directory ``DATA`` (one sub-directory a clip; hidden entries and loose files
 are ignored; clips are taken in name order)::

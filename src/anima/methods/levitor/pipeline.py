@@ -1,4 +1,4 @@
-"""`LeviTorPipeline`: Stable Video Diffusion with the LeviTor ControlNet (paper 003, §3.2-3.3).
+"""`LeviTorPipeline`: Stable Video Diffusion with the LeviTor ControlNet (LeviTor §3.2-3.3).
 
 A `StableVideoDiffusionPipeline` (CLIP image encoder, VAE with temporal decoder, SVD UNet, Euler
 scheduler in EDM/v-prediction form) plus an `SVDControlNetModel` fed the per-frame 3-channel
@@ -7,7 +7,7 @@ image embedding, the noise-augmented first-frame latent, the added time ids and 
 the stock pipeline's own methods; the denoising loop is ours, because each UNet call first runs
 the ControlNet and adds its residuals (`anima.models.unet_residuals`).
 
-Defaults are the release's (REFERENCE.md): 25 Euler steps, per-frame CFG ramping linearly from
+Defaults are the authors' release's: 25 Euler steps, per-frame CFG ramping linearly from
 1.0 on the first frame to 3.0 on the last, fps 6 (the model receives fps - 1 = 5, as the
 release and diffusers' SVD pipeline do), motion bucket 100, noise augmentation 0.02,
 ControlNet scale 1.0.

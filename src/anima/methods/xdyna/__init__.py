@@ -1,4 +1,4 @@
-"""X-Dyna (paper 004): human image animation from a driving pose and face video.
+"""X-Dyna: human image animation from a driving pose and face video.
 
 Driving inputs (one job a module): `keypoints` (the `DrivingKeypoints` container, OpenPose
 JSON in/out, toy-world figures), `extract` (keypoints from images and videos with mediapipe,

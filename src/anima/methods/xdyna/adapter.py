@@ -1,4 +1,4 @@
-"""X-Dyna's Dynamics-Adapter (paper 004, §3.2, Eq. 1-3) as a diffusers model.
+"""X-Dyna's Dynamics-Adapter (X-Dyna §3.2, Eq. 1-3) as a diffusers model.
 
 In every spatial self-attention of the UNet a trainable query projection ``W'_Q`` (initialised
 from the layer's ``to_q``) reads each frame's hidden states and attends to the keys and values

@@ -1,6 +1,6 @@
 """Aligning a driving skeleton to the reference person (scale and offset).
 
-X-Dyna (paper 004) animates the reference image ``I_R`` with poses ``P_i`` from a video of a
+X-Dyna animates the reference image ``I_R`` with poses ``P_i`` from a video of a
 DIFFERENT person (§3, cross-driven), whose size and position in frame differ from the
 reference's; the paper names large deviations from the reference as a failure case (§5). The
 release applies a pose alignment step that it never shipped. This module is ours: one

@@ -1,4 +1,4 @@
-"""Training clips for X-Dyna (paper 004, §3.4): human clips with pose (and face) conditions,
+"""Training clips for X-Dyna (§3.4): human clips with pose (and face) conditions,
 mixed with scene clips whose conditions are blank (harmonic data fusion).
 
 Reads the `anima.world` layout (``DATA/<clip>/frames/*.png`` and, for clips with an articulated

@@ -1,6 +1,6 @@
 """Driving keypoints from images and videos with MediaPipe (an optional extra).
 
-X-Dyna (paper 004, §3) needs, per driving frame, a COCO-18 body skeleton (Pose ControlNet) and
+X-Dyna (§3) needs, per driving frame, a COCO-18 body skeleton (Pose ControlNet) and
 face landmarks (S-Face ControlNet patches). The release runs separate pose and face detectors;
 here both come from MediaPipe's bundled CPU models, tested with ``mediapipe==0.10.21`` and its
 "solutions" API (`mediapipe.solutions.pose.Pose`, `mediapipe.solutions.face_mesh.FaceMesh`),

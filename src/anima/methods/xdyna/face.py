@@ -1,9 +1,9 @@
 """The S-Face ControlNet condition: eye + mouth patches and the face crop, kept in place.
 
-X-Dyna (paper 004, §3.3) conditions its S-Face ControlNet ``C_F`` on the driving frame's face
+X-Dyna (§3.3) conditions its S-Face ControlNet ``C_F`` on the driving frame's face
 patch "reinserted at the original position of I_i, with other pixels masked as blank"; at
 inference the patches are cropped from the driving video directly (§4.1). The condition has
-6 channels (REFERENCE.md, "X-Dyna"):
+6 channels, as in the authors' release:
 
 - channels 0-2, LOCAL patches: the driving frame's pixels inside the two eye boxes and the
   mouth box, everything else black;

@@ -1,6 +1,6 @@
 """Driving keypoints: COCO-18 body joints and iBUG-68 face landmarks per frame.
 
-X-Dyna (paper 004, §3 and Fig. 2) is driven by a pose sequence ``P_i`` (a 2D body skeleton per
+X-Dyna (§3 and Fig. 2) is driven by a pose sequence ``P_i`` (a 2D body skeleton per
 frame, for the Pose ControlNet) and the driving frames' faces (for the S-Face ControlNet).
 `DrivingKeypoints` holds what both need, in the project's pixel convention: floats, x right,
 y down, pixel ``(row, col)`` has its centre at ``(x=col, y=row)``, sizes ``(H, W)``.

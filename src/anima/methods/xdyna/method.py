@@ -212,7 +212,7 @@ def _warp(
 @register
 class XDynaMethod(Method):
     name = "xdyna"
-    summary = "X-Dyna: human image animation from a driving pose/face sequence (paper 004)"
+    summary = "X-Dyna: human image animation from a driving pose/face sequence"
     components = (SD15, MOTION_ADAPTER, XDYNA_ADAPTER, XDYNA_POSE, XDYNA_FACE, XDYNA_IP_ADAPTER)
     builtin_weights = ("tiny",)
     options_model = XDynaOptions

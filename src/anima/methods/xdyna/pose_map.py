@@ -1,6 +1,6 @@
 """The Pose ControlNet condition: an OpenPose-style body skeleton WITHOUT the head.
 
-X-Dyna (paper 004, §3.2 and Fig. 2) controls the body with a ControlNet ``C_P`` initialised
+X-Dyna (§3.2 and Fig. 2) controls the body with a ControlNet ``C_P`` initialised
 from the SD1.5 OpenPose ControlNet and conditioned on a rendered 2D skeleton per frame. The
 head is left out of that skeleton (nose, eyes, ears and the limbs between them): head pose and
 expression come from the S-Face ControlNet instead (§3.3, `anima.methods.xdyna.face`), and the

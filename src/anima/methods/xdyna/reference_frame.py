@@ -1,4 +1,4 @@
-"""The reference image as a clean frame 0 of the UNet pass (X-Dyna paper 004, §3.2).
+"""The reference image as a clean frame 0 of the UNet pass (X-Dyna §3.2).
 
 X-Dyna feeds the reference latent as an extra frame in front of each video: the spatial layers
 see it (the Dynamics-Adapter reads its keys and values), but it is never noised or stepped, the
