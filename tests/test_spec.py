@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from anima.cli import main
+from anima.errors import InputError
+from anima.scene import check_selections
 from anima.spec import MotionSpec, load_spec, parse_spec, spec_to_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +50,7 @@ BASE: dict[str, Any] = {
             ],
         },
         {"id": 2, "points": [[50, 50], [52, 52]]},
+        {"id": 3, "label": "exact", "polygon": [[4, 50], [20, 48], [14, 62.5]]},
     ],
     "camera": {
         "type": "keyframes",
@@ -257,6 +260,31 @@ MALFORMED = [
     pytest.param(put("objects", 1, "points", [[1, 2, 3]]), "objects[1].points[0]", id="points-3"),
     pytest.param(put("objects", 1, "points", [[1]]), "objects[1].points[0][1]", id="points-1"),
     pytest.param(put("objects", 1, "points", [5, 6]), "objects[1].points[0]", id="points-flat"),
+    pytest.param(put("objects", 2, "box", [1, 2, 3, 4]), "objects[2]", id="object-polygon-and-box"),
+    pytest.param(
+        put("objects", 2, "polygon", [[1, 1], [5, 5]]), "objects[2].polygon", id="polygon-2"
+    ),
+    pytest.param(put("objects", 2, "polygon", []), "objects[2].polygon", id="polygon-empty"),
+    pytest.param(
+        put("objects", 2, "polygon", [[1, 1], [3, 3], [9, 9]]),
+        "objects[2].polygon",
+        id="polygon-collinear",
+    ),
+    pytest.param(
+        put("objects", 2, "polygon", [[1, 1], [3, 3, 3], [9, 1]]),
+        "objects[2].polygon[1]",
+        id="polygon-vertex-3-numbers",
+    ),
+    pytest.param(
+        put("objects", 2, "polygon", [[1, 1], ["a", 3], [9, 1]]),
+        "objects[2].polygon[1][0]",
+        id="polygon-vertex-string",
+    ),
+    pytest.param(
+        put("objects", 2, "polygon", [[1, 1], [float("inf"), 3], [9, 1]]),
+        "objects[2].polygon[1][0]",
+        id="polygon-vertex-infinite",
+    ),
     # unknown fields
     pytest.param(put("colour", "red"), "colour", id="unknown-top-level"),
     pytest.param(put("objects", 0, "colour", "red"), "objects[0].colour", id="unknown-in-object"),
@@ -507,6 +535,61 @@ def test_box_outside_image_fails_animate(
     assert list(out_dir.iterdir()) == []
 
 
+def test_polygon_messages_name_the_json_path(tmp_path: Path) -> None:
+    """The polygon's own rules give the messages a user can act on."""
+    cases = {
+        "objects[2].polygon: must enclose an area (its vertices lie on one line)": [
+            [1, 1],
+            [3, 3],
+            [9, 9],
+        ],
+        "objects[2].polygon: list should have at least 3 items after validation, not 2": [
+            [1, 1],
+            [3, 3],
+        ],
+    }
+    for message, polygon in cases.items():
+        with pytest.raises(InputError) as caught:
+            parse_spec(mutated(put("objects", 2, "polygon", polygon)), "spec")
+        assert caught.value.what == message
+    with pytest.raises(InputError) as caught:
+        parse_spec(mutated(put("objects", 2, "box", [1, 2, 3, 4])), "spec")
+    assert caught.value.what == (
+        "objects[2]: needs exactly one of mask, box, points, polygon (found: box, polygon)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("polygon", "message"),
+    [
+        ([[100, 100], [140, 100], [120, 140]], "selects no pixel of the 64x64 image"),
+        ([[-50, 70], [-10, 70], [-30, 90]], "selects no pixel of the 64x64 image"),
+    ],
+)
+def test_polygon_outside_image_fails_animate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], polygon: list, message: str
+) -> None:
+    path = write_spec(tmp_path / "specs", mutated(put("objects", 2, "polygon", polygon)))
+    assert run(capsys, "spec", "validate", "--no-check-files", str(path))[0] == 0
+    validate_status, _, validate_err = run(capsys, "spec", "validate", str(path))
+    assert validate_status == 2
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    status, out, err = run(capsys, "animate", str(path), "-o", str(out_dir / "out.mp4"), "-q")
+    assert (status, out) == (2, "")
+    line = one_error_line(err)
+    assert message in line and line.endswith(f"objects[2].polygon in {path}")
+    assert line == one_error_line(validate_err)
+    assert list(out_dir.iterdir()) == []
+
+
+def test_polygon_around_the_whole_image_is_fine(tmp_path: Path) -> None:
+    """Every vertex outside the image, yet the outline covers it: a valid selection."""
+    around = [[-10, -10], [80, -10], [80, 80], [-10, 80]]
+    spec = parse_spec(mutated(put("objects", 2, "polygon", around)), base_dir=tmp_path)
+    check_selections(spec, (64, 64))
+
+
 # --------------------------------------------------------------------------- schema
 
 
@@ -519,6 +602,9 @@ def test_schema_stdout_and_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert set(MotionSpec.model_fields) <= set(schema["properties"])
     assert set(schema["required"]) == {"version", "image"}
     assert schema["additionalProperties"] is False
+    polygon = schema["$defs"]["SceneObject"]["properties"]["polygon"]
+    assert polygon["anyOf"][0]["minItems"] == 3 and "pixel centres" in polygon["description"]
+    assert "polygon" in schema["$defs"]["SceneObject"]["description"]
 
     target = tmp_path / "schema" / "motionspec.json"
     status, out, err = run(capsys, "spec", "schema", "-o", str(target))

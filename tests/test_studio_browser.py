@@ -279,6 +279,35 @@ def test_clicks_in_odd_orders_give_messages(page, tmp_path):
     save_screenshot(page, tmp_path, "studio-odd-orders.png")
 
 
+def test_a_polygon_drawn_by_clicks_selects_exactly(page, tmp_path):
+    choose_files(page, "#upload", CAT)
+    wait_status(page, "photo chelsea.png")
+    set_mode(page, "Polygon corner")
+    corners = [(150, 90), (300, 80), (320, 200), (140, 220)]
+    for i, (x, y) in enumerate(corners[:2]):
+        click_photo(page, x, y)
+        wait_status(page, f"polygon corner {i + 1} at")
+    page.click("#close-polygon")  # two corners are not a polygon yet
+    wait_status(page, "at least 3 corners: click 1 more")
+    for i, (x, y) in enumerate(corners[2:], start=3):
+        click_photo(page, x, y)
+        wait_status(page, f"polygon corner {i} at")
+    page.click("#close-polygon")
+    wait_status(page, "object 1 selected by a polygon of 4 corners")
+    page.get_by_text("MotionSpec").click()
+    page.wait_for_function("document.querySelector('#spec')?.innerText.includes('polygon')")
+    text = page.inner_text("#spec")  # line numbers, then the JSON
+    (obj,) = json.loads(text[text.index("{") :])["objects"]
+    assert len(obj["polygon"]) == 4
+    for (x, y), (cx, cy) in zip(obj["polygon"], corners, strict=True):
+        assert abs(x - cx) <= 2 and abs(y - cy) <= 2  # a click lands within a pixel or so
+    page.click("#undo")  # reopens the outline: its corners, no object
+    wait_status(page, "undone")
+    page.wait_for_function("!document.querySelector('#spec')?.innerText.includes('polygon')")
+    no_error_page(page)
+    save_screenshot(page, tmp_path, "studio-polygon.png")
+
+
 def test_an_oversized_upload_is_refused_with_a_message(page, studio, tmp_path):
     big = tmp_path / "big.png"
     noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)

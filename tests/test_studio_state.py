@@ -119,6 +119,62 @@ def test_refine_adds_clicks_but_not_to_a_box(draft, tmp_path):
         state.refine_object(boxed, 30, 30)
 
 
+def test_polygon_corners_then_close_make_an_exact_object(draft):
+    one = state.add_object(draft, 10, 10)
+    corners = state.add_polygon_corner(one, 50, 40)
+    for x, y in ((90.04, 40), (70, 80)):
+        corners = state.add_polygon_corner(corners, x, y)
+    assert corners.polygon == ((50.0, 40.0), (90.0, 40.0), (70.0, 80.0))
+    assert corners.spec == one.spec and corners.active == one.active  # not in the spec yet
+    closed = state.close_polygon(corners, label="sign")
+    assert closed.polygon == () and closed.active == 2
+    assert closed.active_object == {
+        "id": 2,
+        "label": "sign",
+        "polygon": [[50.0, 40.0], [90.0, 40.0], [70.0, 80.0]],
+        "trajectory": [],
+    }
+    assert state.to_spec(closed).objects[1].polygon == [(50.0, 40.0), (90.0, 40.0), (70.0, 80.0)]
+    assert "(polygon, 0 path points)" in state.object_choices(closed)[1][0]
+    with pytest.raises(InputError, match="selected by a polygon"):
+        state.refine_object(closed, 60, 50)
+    # the new object takes a path like any other
+    moved = state.add_path_point(closed, 70, 55, 6.0)
+    assert moved.active_object["trajectory"][0]["x"] == 70.0
+
+
+def test_polygon_undo_takes_back_the_close_and_then_each_corner(draft):
+    corners = draft
+    for x, y in ((10, 10), (60, 10), (35, 50), (20, 40)):
+        corners = state.add_polygon_corner(corners, x, y)
+    closed = state.close_polygon(corners)
+    reopened = state.undo(closed)
+    assert reopened.objects == [] and len(reopened.polygon) == 4
+    assert state.undo(reopened).polygon == ((10.0, 10.0), (60.0, 10.0), (35.0, 50.0))
+    cancelled = state.cancel_polygon(corners)
+    assert cancelled.polygon == () and state.undo(cancelled).polygon == corners.polygon
+    # a new photo starts without the outline; undo brings both back
+    other = state.set_image(corners, "other.png", (90, 160), working_size=False)
+    assert other.polygon == () and state.undo(other).polygon == corners.polygon
+
+
+def test_polygon_mistakes_are_messages_and_change_nothing(draft):
+    with pytest.raises(InputError, match="upload a photo first"):
+        state.add_polygon_corner(state.start(draft.workdir), 1, 1)
+    with pytest.raises(InputError, match="outside the 200x120 image"):
+        state.add_polygon_corner(draft, 250, 10)
+    two = state.add_polygon_corner(state.add_polygon_corner(draft, 10, 10), 50, 10)
+    before = copy.deepcopy(two)
+    with pytest.raises(InputError, match="at least 3 corners: click 1 more"):
+        state.close_polygon(two)
+    line = state.add_polygon_corner(two, 90, 10)
+    with pytest.raises(InputError, match="lie on one line"):
+        state.close_polygon(line)
+    with pytest.raises(InputError, match="no polygon being drawn"):
+        state.cancel_polygon(draft)
+    assert two == before
+
+
 def test_remove_point_clear_path_and_remove_object(draft):
     drawn = with_path(draft)
     fewer = state.remove_path_point(state.select_keyframe(drawn, 1))
@@ -250,7 +306,7 @@ def test_any_order_of_edits_gives_a_valid_spec_or_a_message(tmp_path):
 
     def random_edit(d: Draft) -> Draft:
         x, y = rng.uniform(-20, 220), rng.uniform(-20, 140)
-        choice = rng.randrange(15)
+        choice = rng.randrange(18)
         edits = [
             lambda: state.set_image(d, f"p{rng.randrange(3)}.png", (120, 200), False),
             lambda: state.add_object(d, x, y),
@@ -267,6 +323,9 @@ def test_any_order_of_edits_gives_a_valid_spec_or_a_message(tmp_path):
             lambda: state.undo(d),
             lambda: state.clear_objects(d),
             lambda: state.from_json(state.to_json(d), d.workdir, d.size or (1, 1)),
+            lambda: state.add_polygon_corner(d, x, y),
+            lambda: state.close_polygon(d),
+            lambda: state.cancel_polygon(d),
         ]
         return edits[choice]()
 

@@ -105,6 +105,27 @@ def test_perception_scene_is_the_scene_build_scene_makes(workspace):
     assert len(list((cache / "masks").glob("*.png"))) == 2
 
 
+def test_perception_scene_with_a_polygon_is_the_scene_build_scene_makes(workspace):
+    """A polygon is exact: no mask file is cached for it, and the studio's scene (the photo
+    worked on at a reduced size) is build_scene's, in both grids."""
+    perception = Perception()
+    draft = state.add_object(workspace.add_image(None, CAT), 330, 240)
+    for x, y in ((120.3, 60), (250, 70.6), (230, 200), (110, 180)):
+        draft = state.add_polygon_corner(draft, x, y)
+    draft = state.close_polygon(draft)
+    assert draft.size == (266, 400)  # the photo is larger: two grids
+    spec = state.to_spec(draft)
+    cache = Path(draft.workdir) / "cache"
+    cached = perception.scene(spec, cache)
+    direct = build_scene(spec)
+    assert torch.equal(cached.instance, direct.instance)
+    assert torch.equal(cached.distance, direct.distance)
+    assert bool((cached.instance == 2).any())
+    assert len(list((cache / "masks").glob("*.png"))) == 1  # the click's mask only
+    canvas = draw.canvas(cached.image, cached.instance, draft.objects, 2, None, ((5, 5), (40, 9)))
+    assert canvas.shape == (266, 400, 3)
+
+
 def test_export_and_load_spec_round_trip(workspace, tmp_path):
     perception = Perception()
     draft = drawn(workspace, perception)

@@ -87,8 +87,9 @@ def test_the_control_image_matters(unet) -> None:
 
 def test_residual_count_and_shape_are_checked(unet) -> None:
     inputs = unet_inputs()
-    controlnet = SVDControlNetModel.from_unet(unet)
+    controlnet = tiny_controlnet(unet, random_output=True)  # residuals that change the output
     with torch.no_grad():
+        base = unet(**inputs).sample
         down, mid = controlnet(**inputs, controlnet_cond=control_for(inputs))
         with pytest.raises(ValueError, match="expected 6 down residuals"):
             with unet_residuals(unet, down[:-1], mid):
@@ -97,8 +98,8 @@ def test_residual_count_and_shape_are_checked(unet) -> None:
         with pytest.raises(ValueError, match="residual"):
             with unet_residuals(unet, swapped, mid):
                 unet(**inputs)
-        # a failed call leaves no hook behind
-        assert torch.equal(unet(**inputs).sample, unet(**inputs).sample)
+        # a failed call leaves no hook behind: the UNet gives its output without residuals
+        assert torch.equal(unet(**inputs).sample, base)
         assert not any(block._forward_pre_hooks for block in unet.up_blocks)
 
 

@@ -455,18 +455,60 @@ def _mask_array(img: Image.Image) -> np.ndarray:
     return nonzero if nonzero.ndim == 2 else nonzero.any(axis=-1)
 
 
+ASPECT_TOLERANCE = 0.01
+"""A mask or depth file may differ from the image's aspect ratio by this fraction (or by a
+pixel of rounding on either side) and still be resized onto it."""
+
+
+def _same_aspect(found: tuple[int, int], wanted: tuple[int, int]) -> bool:
+    """Whether (H, W) ``found`` has the aspect of ``wanted``: within `ASPECT_TOLERANCE`, or
+    within one pixel on each side of some scaling of ``wanted`` (rounding at a small size)."""
+    (h, w), (height, width) = found, wanted
+    if abs((h / w) / (height / width) - 1.0) <= ASPECT_TOLERANCE:
+        return True
+    return (h - 1) / height <= (w + 1) / width and (w - 1) / width <= (h + 1) / height
+
+
+def _check_aspect(
+    found: tuple[int, int],
+    sizes: list[tuple[int, int] | None],
+    path: PathLike,
+    kind: str,
+    where: str | None,
+) -> None:
+    """`InputError` unless ``found`` (H, W) has the aspect of one of ``sizes`` (None: skip):
+    resizing it would stretch the file over the image."""
+    wanted = [tuple(s) for s in sizes if s is not None]
+    if not wanted or any(_same_aspect(found, s) for s in wanted):
+        return
+    height, width = wanted[0]
+    raise InputError(
+        f"invalid {kind} '{path}': {found[1]}x{found[0]} pixels, another aspect ratio than the "
+        f"{width}x{height} image's (it would be stretched onto it)",
+        where,
+    )
+
+
 def read_mask(
-    path: PathLike, size: tuple[int, int] | None = None, where: str | None = None
+    path: PathLike,
+    size: tuple[int, int] | None = None,
+    where: str | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Read an object mask as an (H, W) bool tensor.
 
     Nonzero pixels (in any channel) are the object; if the image has a non-trivial alpha
     channel, alpha > 0 decides instead. With `size` (H, W) the mask is resized with nearest
-    neighbour. An unreadable file, or a mask with no object pixels (after resizing), raises
-    `InputError` naming the path.
+    neighbour; it must then have the aspect ratio of `size` or of `image_size` (the source
+    image's (H, W), when `size` stretches it), within `ASPECT_TOLERANCE` or a pixel of
+    rounding, so that it is never silently stretched. An unreadable file, a mask of another
+    aspect, or a mask with no object pixels (after resizing), raises `InputError` naming the
+    path, with `where` (e.g. ``"objects[0].mask"``) as the location.
     """
     _check_size(size)
     mask = _mask_array(_open_image(path, "mask", where))
+    if size is not None:
+        _check_aspect(mask.shape[:2], [image_size, size], path, "mask", where)
     if size is not None and mask.shape != tuple(size):
         small = Image.fromarray(mask.astype(np.uint8) * 255)
         resized = small.resize((size[1], size[0]), Image.Resampling.NEAREST)
@@ -512,13 +554,17 @@ def _load_depth_png(path: Path, where: str | None) -> np.ndarray:
 
 
 def read_depth(
-    path: PathLike, size: tuple[int, int] | None = None, where: str | None = None
+    path: PathLike,
+    size: tuple[int, int] | None = None,
+    where: str | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Read a distance map as an (H, W) float32 tensor.
 
     Accepted files: a ``.npy`` 2-D array of finite distances > 0, or a 16-bit grey PNG whose
     value / `DEPTH_PNG_SCALE` is the distance (zero pixels are invalid). With `size` (H, W) the
-    map is resized bilinearly. Any problem raises `InputError` naming the file.
+    map is resized bilinearly; it must then have the aspect ratio of `size` or of `image_size`
+    (as for `read_mask`). Any problem raises `InputError` naming the file.
     """
     _check_size(size)
     path = Path(path)
@@ -529,6 +575,8 @@ def read_depth(
             depth = _load_depth_png(path, where)
     except ValueError as err:
         raise InputError(f"invalid depth '{path}': {err}", where) from err
+    if size is not None:
+        _check_aspect(depth.shape[:2], [image_size, size], path, "depth", where)
     if size is not None and depth.shape != tuple(size):
         depth = cv2.resize(depth, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))

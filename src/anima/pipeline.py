@@ -77,6 +77,10 @@ def resolve_spec(
     for obj in data["objects"]:
         if obj.get("mask"):
             obj["mask"] = str(spec.resolve(obj["mask"]).resolve())
+    if data.get("pose"):
+        for key in ("video", "keypoints", "reference_keypoints"):
+            if data["pose"].get(key):
+                data["pose"][key] = str(spec.resolve(data["pose"][key]).resolve())
     try:
         resolved = MotionSpec.model_validate_json(json.dumps(data))
     except ValidationError as exc:  # an override out of range (e.g. --frames 1)

@@ -17,7 +17,7 @@ from anima.io import read_depth, read_image, read_mask
 from anima.methods.base import Method
 from anima.methods.registry import get_method
 from anima.pipeline import resolve_spec
-from anima.scene import check_selections
+from anima.scene import check_selections, source_size
 from anima.spec import MotionSpec, load_spec
 from anima.weights import Weights
 
@@ -37,11 +37,14 @@ def _check_files(spec: MotionSpec) -> None:
     size = tuple(spec.size) if spec.size else None
     image = read_image(spec.resolve(spec.image), size=size, where="image")
     size = (int(image.shape[-2]), int(image.shape[-1]))
+    photo = source_size(spec.resolve(spec.image))  # masks and depth are drawn on the photo
     if spec.depth is not None:
-        read_depth(spec.resolve(spec.depth), size=size, where="depth")
+        read_depth(spec.resolve(spec.depth), size=size, where="depth", image_size=photo)
     for i, obj in enumerate(spec.objects):
         if obj.mask is not None:
-            read_mask(spec.resolve(obj.mask), size=size, where=f"objects[{i}].mask")
+            read_mask(
+                spec.resolve(obj.mask), size=size, where=f"objects[{i}].mask", image_size=photo
+            )
     check_selections(spec, size)
 
 

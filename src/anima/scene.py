@@ -6,8 +6,8 @@ a spec points at (the boundary) and picks the perception backends:
 
 - distance: the spec's ``depth`` file, else Depth Anything from ``<weights>/depth-anything``, else
   the ground-plane prior of `anima.perception.depth.ground_plane_distance`;
-- masks: a mask file, a box (GrabCut inside it) or points (SAM from ``<weights>/sam``, else
-  GrabCut seeded by the points);
+- masks: a mask file or a polygon (both exact), a box (GrabCut inside it) or points (SAM from
+  ``<weights>/sam``, else GrabCut seeded by the points);
 - intrinsics: a pinhole camera with the spec's horizontal field of view (default 60 degrees).
 
 Perception (GrabCut, SAM, the ground-plane prior, Depth Anything) runs at ONE resolution that
@@ -18,7 +18,10 @@ brought to the working size: masks by nearest neighbour (as mask files are read)
 linear resize that never mixes the values of different instances (`resize_distance`). Planar
 distances do not change with the image's resolution at a fixed field of view, so the same spec
 at any ``size`` gives the same scene distances. Mask files and depth files are read at the working
-size as they are.
+size as they are (they must have the image's aspect ratio, `anima.io.read_mask`). Polygons are
+rasterised in both grids (`mask_from_polygon`), in the perception grid for the distances and at
+the working size for the instance map, so an exact outline stays exact at any size; exact
+selections (mask files, polygons) are not grown by `SELECTION_GROWTH`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from anima.camera import intrinsics_from_fov, pixel_grid, unproject
 from anima.errors import InputError
 from anima.io import has_transparent_pixels, read_depth, read_image, read_mask
 from anima.perception.depth import estimate_distance
-from anima.perception.segmentation import mask_from_box, mask_from_points
+from anima.perception.segmentation import mask_from_box, mask_from_points, mask_from_polygon
 from anima.spec import MotionSpec, SceneObject
 from anima.weights import DEPTH_ANYTHING, SAM, Weights
 
@@ -155,6 +158,12 @@ class Grids:
             for x, y in points
         ]
 
+    def polygon(self, vertices: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """Polygon vertices (pixel centres, like clicks) in perception coordinates; they may
+        lie outside the image."""
+        sx, sy = self.scale
+        return [((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5) for x, y in vertices]
+
 
 def _perception_image(path: Path, image: torch.Tensor, grids: Grids) -> torch.Tensor:
     """The source image in the perception grid (the working image when the grids agree)."""
@@ -168,7 +177,9 @@ def _perception_image(path: Path, image: torch.Tensor, grids: Grids) -> torch.Te
 
 
 def _check_selection(obj: SceneObject, index: int, size: tuple[int, int]) -> None:
-    """`InputError` when the box or a point of ``spec.objects[index]`` lies outside the image."""
+    """`InputError` when the box or a point of ``spec.objects[index]`` lies outside the image,
+    or when its polygon selects no pixel of it. A polygon whose vertices all lie outside the
+    image is fine as long as it covers some of it (an outline around the whole photo)."""
     where = f"objects[{index}]"
     height, width = size
     if obj.box is not None:
@@ -183,12 +194,19 @@ def _check_selection(obj: SceneObject, index: int, size: tuple[int, int]) -> Non
                 f"point ({x:g}, {y:g}) lies outside the {width}x{height} image",
                 f"{where}.points[{j}]",
             )
+    if obj.polygon is not None and not bool(mask_from_polygon(size, obj.polygon).any()):
+        raise InputError(
+            f"the polygon selects no pixel of the {width}x{height} image (it lies outside it "
+            "or is thinner than a pixel)",
+            f"{where}.polygon",
+        )
 
 
 def check_selections(spec: MotionSpec, size: tuple[int, int]) -> None:
-    """Check every object's box and points against the working ``size`` (H, W), no pixels
-    needed: a box lying wholly outside the image or a click outside it is an `InputError`
-    naming ``objects[i].box`` or ``objects[i].points[j]``."""
+    """Check every object's box, points and polygon against the working ``size`` (H, W), no
+    pixels needed: a box lying wholly outside the image, a click outside it or a polygon that
+    selects none of its pixels is an `InputError` naming ``objects[i].box``,
+    ``objects[i].points[j]`` or ``objects[i].polygon``."""
     for index, obj in enumerate(spec.objects):
         _check_selection(obj, index, size)
 
@@ -202,8 +220,9 @@ def object_mask(
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The selection mask of ``spec.objects[index]`` in the PERCEPTION grid (`perception_size`
-    of the source image): its mask file read at that size, or GrabCut in its box, or SAM /
-    GrabCut from its points (these two grown by `SELECTION_GROWTH` pixels). ``image`` is the
+    of the source image): its mask file read at that size, its polygon rasterised there (both
+    exact, so not grown), or GrabCut in its box, or SAM / GrabCut from its points (these two
+    grown by `SELECTION_GROWTH` pixels). ``image`` is the
     working-size image (spec coordinates are in its grid); ``seen`` the source image in the
     perception grid, read from the spec's image when not given. `resize_mask` brings the mask
     to the working size. Problems are `InputError`s naming ``objects[index]``."""
@@ -211,9 +230,14 @@ def object_mask(
     working = (int(image.shape[-2]), int(image.shape[-1]))
     _check_selection(obj, index, working)
     path = spec.resolve(spec.image)
-    grids = Grids(working, perception_size(source_size(path)))
+    source = source_size(path)
+    grids = Grids(working, perception_size(source))
     if obj.mask is not None:
-        return read_mask(spec.resolve(obj.mask), size=grids.perception, where=f"{where}.mask")
+        return read_mask(
+            spec.resolve(obj.mask), grids.perception, f"{where}.mask", image_size=source
+        )
+    if obj.polygon is not None:
+        return mask_from_polygon(grids.perception, grids.polygon(obj.polygon))
     if seen is None:
         seen = _perception_image(path, image, grids)
     if obj.box is not None:
@@ -338,11 +362,16 @@ def _warn_about_inputs(spec: MotionSpec, image_path: Path) -> None:
 def _working_masks(
     spec: MotionSpec, masks: list[torch.Tensor], size: tuple[int, int]
 ) -> list[torch.Tensor]:
-    """The selection masks at the working size: mask files read at it, the others resized."""
+    """The selection masks at the working size: mask files read at it and polygons rasterised
+    at it (exact selections stay exact), the others resized from the perception grid."""
+    source = source_size(spec.resolve(spec.image))
     out = []
     for i, (obj, mask) in enumerate(zip(spec.objects, masks, strict=True)):
         if obj.mask is not None:
-            out.append(read_mask(spec.resolve(obj.mask), size=size, where=f"objects[{i}].mask"))
+            where = f"objects[{i}].mask"
+            out.append(read_mask(spec.resolve(obj.mask), size, where, image_size=source))
+        elif obj.polygon is not None:
+            out.append(mask_from_polygon(size, obj.polygon))
         else:
             out.append(resize_mask(mask, size))
         if not bool(out[-1].any()):
@@ -360,7 +389,8 @@ def build_scene(spec: MotionSpec, weights: Weights | None = None) -> Scene:
     _warn_about_inputs(spec, path)
     intrinsics = intrinsics_from_fov(size, spec.fov)
 
-    grids = Grids(size, perception_size(source_size(path)))
+    photo = source_size(path)
+    grids = Grids(size, perception_size(photo))
     seen = _perception_image(path, image, grids)
     found = [object_mask(obj, i, spec, image, weights, seen) for i, obj in enumerate(spec.objects)]
     masks = _working_masks(spec, found, size)
@@ -368,7 +398,8 @@ def build_scene(spec: MotionSpec, weights: Weights | None = None) -> Scene:
 
     depth_anything = weights.component_dir(DEPTH_ANYTHING)
     if spec.depth is not None:
-        distance = read_depth(spec.resolve(spec.depth), size=size, where="depth").float()
+        depth_file = spec.resolve(spec.depth)
+        distance = read_depth(depth_file, size, "depth", image_size=photo).float()
         instance = _instance_map(masks, ids, _far_to_near(masks, distance), size)
         source = "file"
     else:

@@ -34,6 +34,9 @@ SCHEMA_ID = "https://anima.dev/schema/motionspec/v1.json"
 
 Vec3 = tuple[float, float, float]
 
+SELECTIONS = ("mask", "box", "points", "polygon")
+"""The ways to select an object; a `SceneObject` has exactly one."""
+
 
 class _Strict(BaseModel):
     """Base for every spec model: unknown fields are errors, values are checked on assignment."""
@@ -67,17 +70,45 @@ class Keyframe(_Strict):
     )
 
 
+def polygon_area(vertices: list[tuple[float, float]]) -> float:
+    """The area a polygon encloses (shoelace formula; vertices in either order)."""
+    total = 0.0
+    for (x0, y0), (x1, y1) in zip(vertices, [*vertices[1:], vertices[0]], strict=True):
+        total += x0 * y1 - x1 * y0
+    return abs(total) / 2.0
+
+
 class SceneObject(_Strict):
-    """An object to animate: a selection (mask | box | points) and a trajectory."""
+    """An object to animate: a selection (mask | box | points | polygon) and a trajectory.
+
+    ``mask`` and ``polygon`` are exact (no perception runs), ``box`` and ``points`` are
+    automatic (GrabCut or SAM find the object)."""
 
     id: int = Field(gt=0, le=255, description="Instance id (1..255), unique in the spec.")
     label: str | None = Field(default=None, description="Free text, for people.")
-    mask: str | None = Field(default=None, description="Mask image path, relative to the spec.")
+    mask: str | None = Field(
+        default=None,
+        description="Exact selection: a mask image path, relative to the spec (nonzero pixels "
+        "are the object), with the image's aspect ratio.",
+    )
     box: tuple[float, float, float, float] | None = Field(
-        default=None, description="Selection box [x0, y0, x1, y1] in pixels."
+        default=None,
+        description="Selection box [x0, y0, x1, y1] in pixels (GrabCut finds the object "
+        "inside it).",
     )
     points: list[tuple[float, float]] | None = Field(
-        default=None, min_length=1, description="Selection clicks [[x, y], ...] in pixels."
+        default=None,
+        min_length=1,
+        description="Selection clicks [[x, y], ...] in pixels (SAM, else GrabCut, finds the "
+        "object under them).",
+    )
+    polygon: list[tuple[float, float]] | None = Field(
+        default=None,
+        min_length=3,
+        description="Exact selection outline [[x, y], ...], at least 3 vertices in pixels "
+        "(integer coordinates are pixel centres; vertices may lie outside the image). The "
+        "vertices are rounded to the nearest pixel centre and the object is every pixel inside "
+        "the polygon or on its outline; it is not grown.",
     )
     trajectory: list[Keyframe] = Field(
         default_factory=list,
@@ -91,6 +122,13 @@ class SceneObject(_Strict):
             raise ValueError("must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
         return box
 
+    @field_validator("polygon")
+    @classmethod
+    def _polygon_has_area(cls, polygon: list[tuple[float, float]] | None):
+        if polygon is not None and polygon_area(polygon) == 0.0:
+            raise ValueError("must enclose an area (its vertices lie on one line)")
+        return polygon
+
     @field_validator("trajectory")
     @classmethod
     def _trajectory_increasing(cls, keyframes: list[Keyframe]):
@@ -99,10 +137,10 @@ class SceneObject(_Strict):
 
     @model_validator(mode="after")
     def _one_selection(self):
-        chosen = [n for n in ("mask", "box", "points") if getattr(self, n) is not None]
+        chosen = [n for n in SELECTIONS if getattr(self, n) is not None]
         if len(chosen) != 1:
             found = ", ".join(chosen) if chosen else "none"
-            raise ValueError(f"needs exactly one of mask, box, points (found: {found})")
+            raise ValueError(f"needs exactly one of {', '.join(SELECTIONS)} (found: {found})")
         return self
 
     @property

@@ -1,10 +1,12 @@
-"""Object masks from a box or from clicked points.
+"""Object masks from a box, from clicked points or from a polygon.
 
 * :func:`mask_from_box`: GrabCut (Rother, Kolmogorov and Blake, "GrabCut: Interactive
   Foreground Extraction using Iterated Graph Cuts", SIGGRAPH 2004) initialised with the box.
 * :func:`mask_from_points`: Segment Anything (Kirillov et al., "Segment Anything", ICCV 2023) in
   transformers format when a local checkpoint is given (:class:`SamSegmenter`), else GrabCut
   seeded by the points.
+* :func:`mask_from_polygon`: an exact outline drawn by hand, rasterised with OpenCV's
+  ``fillPoly`` (no perception, no image needed).
 
 Masks are boolean (H, W) tensors on the CPU. GrabCut's GMM initialisation uses OpenCV's global
 RNG; it is reseeded before every call so results are deterministic.
@@ -87,6 +89,71 @@ def mask_from_box(image: Tensor, box: Box) -> Tensor:
         found = np.zeros((height, width), bool)
         found[top:bottom, left:right] = True
     return torch.from_numpy(found)
+
+
+# --------------------------------------------------------------------------- polygon
+
+
+def _clip_half_plane(vertices: list[Point], axis: int, bound: float, below: bool) -> list[Point]:
+    """The part of a polygon where coordinate ``axis`` is <= ``bound`` (``below``) or >= it."""
+
+    def inside(p: Point) -> bool:
+        return p[axis] <= bound if below else p[axis] >= bound
+
+    def crossing(p: Point, q: Point) -> Point:
+        f = (bound - p[axis]) / (q[axis] - p[axis])
+        x, y = p[0] + f * (q[0] - p[0]), p[1] + f * (q[1] - p[1])
+        return (bound, y) if axis == 0 else (x, bound)
+
+    clipped: list[Point] = []
+    for i, current in enumerate(vertices):
+        previous = vertices[i - 1]
+        if inside(current):
+            if not inside(previous):
+                clipped.append(crossing(previous, current))
+            clipped.append(current)
+        elif inside(previous):
+            clipped.append(crossing(previous, current))
+    return clipped
+
+
+def _clip_polygon(vertices: list[Point], low: Point, high: Point) -> list[Point]:
+    """The polygon clipped to the rectangle ``low`` .. ``high`` (Sutherland and Hodgman,
+    "Reentrant Polygon Clipping", CACM 1974): the same region inside the rectangle, with
+    coordinates OpenCV's fixed-point rasteriser cannot overflow on."""
+    for axis in (0, 1):
+        vertices = _clip_half_plane(vertices, axis, low[axis], below=False)
+        vertices = _clip_half_plane(vertices, axis, high[axis], below=True)
+    return vertices
+
+
+def mask_from_polygon(size: tuple[int, int], polygon: Sequence[Point]) -> Tensor:
+    """Boolean (H, W) mask of a polygon given by its (x, y) pixel vertices (at least 3).
+
+    Coordinates follow the spec's convention for clicks: integer coordinates are pixel
+    centres. The vertices are rounded to the nearest pixel centre and OpenCV's ``fillPoly``
+    selects every pixel whose centre lies inside the rounded polygon or on its outline (the
+    outline's own pixels, drawn 8-connected, belong to it), so an outline traced along an
+    object's edge takes the edge pixels with it. Vertices may lie outside the image: the
+    polygon is clipped to the image (one pixel beyond each side) first. An empty result is
+    returned as is; callers decide whether that is an error.
+    """
+    height, width = (int(v) for v in size)
+    if len(polygon) < 3:
+        raise InputError(f"a polygon needs at least 3 vertices, got {len(polygon)}", "polygon")
+    vertices = []
+    for index, point in enumerate(polygon):
+        if len(point) != 2 or not all(math.isfinite(float(v)) for v in point):
+            raise InputError(
+                f"a vertex is two finite numbers (x, y), got {point}", f"polygon[{index}]"
+            )
+        vertices.append((float(point[0]), float(point[1])))
+    mask = np.zeros((height, width), np.uint8)
+    clipped = _clip_polygon(vertices, (-1.0, -1.0), (float(width), float(height)))
+    if len(clipped) >= 3:
+        corners = np.floor(np.asarray(clipped, np.float64) + 0.5).astype(np.int32)
+        cv2.fillPoly(mask, [corners], 1, lineType=cv2.LINE_8)
+    return torch.from_numpy(mask.astype(bool))
 
 
 # --------------------------------------------------------------------------- points

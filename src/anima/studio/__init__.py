@@ -1,4 +1,5 @@
-"""anima studio: the interactive web app for drawing 3D trajectories (LeviTor, paper 003 §3.3).
+"""anima studio: the interactive web app for drawing 3D trajectories (LeviTor, "3D Trajectory
+Oriented Image-to-Video Synthesis", §3.3).
 
 The whole state of a browser session is a MotionSpec being edited (`anima.studio.state`): every
 control edits the spec, the preview renders it, the download writes it. The Gradio layer

@@ -7,7 +7,8 @@ work in any order. A handler that fails shows the message in the page (a toast a
 line) and changes nothing; unexpected errors are logged on the server with their traceback and
 shown as one line.
 
-Layout, after LeviTor's interface (paper 003, Fig. 4): a photo upload; the photo with masks and
+Layout, after LeviTor's interface (LeviTor, "3D Trajectory Oriented Image-to-Video Synthesis",
+Fig. 4): a photo upload; the photo with masks and
 paths (click it to select objects and to draw their paths) next to its depth map; the depth
 slider of the path point being edited, showing the depth already under that point; camera
 presets; clip settings; preview (coarse, with LeviTor's control points), generation with any
@@ -36,14 +37,15 @@ from anima.weights import Weights
 
 logger = logging.getLogger(__name__)
 
-SELECT, REFINE, PATH = "Select object", "Add to selection", "Path point"
-MODES = (SELECT, REFINE, PATH)
+SELECT, REFINE, POLYGON, PATH = "Select object", "Add to selection", "Polygon corner", "Path point"
+MODES = (SELECT, REFINE, POLYGON, PATH)
 DEPTH_MIN = 0.05
 EDIT_QUEUE = "edit"  # edits run one at a time, in the order they were made
 
 HELP = """\
 **1.** Upload a photo. **2.** With *Select object*, click an object (its mask appears; *Add to
-selection* grows it). **3.** With *Path point*, click where it goes: the first point on the
+selection* grows it), or outline it exactly: click its corners with *Polygon corner*, then *Close
+polygon*. **3.** With *Path point*, click where it goes: the first point on the
 object, then along its path. Each point starts at the depth already under it; move the
 *Depth* slider to bring it nearer or send it farther. **4.** *Preview*, then *Generate* and
 download the video and the spec (`anima animate SPEC.json` renders it again).
@@ -90,7 +92,7 @@ class StudioApp:
         scene = self._scene(draft)
         near, far = distance_range(scene)
         canvas = draw.canvas(
-            scene.image, scene.instance, draft.objects, draft.active, draft.keyframe
+            scene.image, scene.instance, draft.objects, draft.active, draft.keyframe, draft.polygon
         )
         spec = state.to_spec(draft).model_dump(mode="json")
         preset, strength = state.camera_preset(draft)
@@ -218,6 +220,15 @@ class StudioApp:
             self._scene(new)
             clicks = len((new.active_object or {}).get("points", []))
             return new, f"object {new.active}: selection now from {clicks} clicks"
+        if mode == POLYGON:
+            new = state.add_polygon_corner(draft, x, y)
+            count = len(new.polygon)
+            more = (
+                "click its other corners"
+                if count < 3
+                else "click more corners, or 'Close polygon' to select what it encloses"
+            )
+            return new, f"polygon corner {count} at ({x:g}, {y:g}): {more}"
         if mode == PATH:
             depth = self.perception.depth_at(scene, x, y)
             first = not draft.path
@@ -233,6 +244,19 @@ class StudioApp:
                 )
             return new, message
         raise InputError(f"unknown click mode '{mode}'", "mode")
+
+    def on_close_polygon(self, draft: Draft | None) -> tuple[Draft, str]:
+        old = self.workspace.draft(draft)
+        new = state.close_polygon(old)
+        self._scene(new)  # its mask now: a polygon selecting nothing changes nothing
+        return new, (
+            f"object {new.active} selected by a polygon of {len(old.polygon)} corners; "
+            "'Path point' draws its path (the first point on the object)"
+        )
+
+    def on_cancel_polygon(self, draft: Draft | None) -> tuple[Draft, str]:
+        new = state.cancel_polygon(self.workspace.draft(draft))
+        return new, "polygon cancelled"
 
     def on_depth(self, draft: Draft | None, depth: float) -> tuple[Draft, str]:
         new = state.set_depth(self.workspace.draft(draft), depth)
@@ -409,6 +433,13 @@ class StudioApp:
                     c["mode"] = gr.Radio(
                         list(MODES), value=SELECT, label="A click on the photo", elem_id="mode"
                     )
+                    with gr.Row():
+                        c["close_polygon"] = gr.Button(
+                            "Close polygon", size="sm", elem_id="close-polygon"
+                        )
+                        c["cancel_polygon"] = gr.Button(
+                            "Cancel polygon", size="sm", elem_id="cancel-polygon"
+                        )
                     c["objects"] = gr.Dropdown(
                         choices=[], label="Object", elem_id="objects", interactive=True
                     )
@@ -532,6 +563,8 @@ class StudioApp:
             edit(field.submit, self.on_settings, settings)
             edit(field.blur, self.on_settings, settings)
         edit(c["undo"].click, self.on_undo, [])
+        edit(c["close_polygon"].click, self.on_close_polygon, [])
+        edit(c["cancel_polygon"].click, self.on_cancel_polygon, [])
         edit(c["clear_path"].click, self.on_clear_path, [])
         edit(c["remove_point"].click, self.on_remove_point, [])
         edit(c["remove_object"].click, self.on_remove_object, [])

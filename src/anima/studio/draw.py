@@ -7,6 +7,7 @@ so a click on a picture is a pixel of the working image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -76,10 +77,12 @@ def canvas(
     objects: list[dict[str, Any]],
     active: int | None,
     keyframe: int | None,
+    polygon: Sequence[Sequence[float]] = (),
 ) -> np.ndarray:
     """The photo with each object's mask tinted in its colour (the active one outlined
     thickly), its selection clicks as crosses, and its path: numbered points joined by arrows,
-    labelled with their depth; the point the depth slider edits is ringed."""
+    labelled with their depth; the point the depth slider edits is ringed. ``polygon`` is the
+    outline being drawn: its corners as dots joined by a white line, the last one ringed."""
     out = image_rgb(image).astype(np.float32)
     size = out.shape[:2]
     unit = _scale(size)
@@ -117,7 +120,25 @@ def canvas(
             if obj["id"] == active and i == keyframe:
                 cv2.circle(out, at, radius + 4, (255, 255, 255), max(1, round(2 * unit)))
             _label(out, f"{i + 1}: {key['depth']:.3g}", (at[0] + radius + 3, at[1] - 3), unit)
+    _draw_open_polygon(out, polygon, unit)
     return out
+
+
+def _draw_open_polygon(out: np.ndarray, polygon: Sequence[Sequence[float]], unit: float) -> None:
+    """The corners of a polygon being drawn, joined in order (a dashed closing edge would
+    suggest it is closed already: it is not drawn)."""
+    if not polygon:
+        return
+    corners = [_point(c) for c in polygon]
+    line = np.array(corners, np.int32)
+    if len(corners) > 1:
+        cv2.polylines(out, [line], False, (0, 0, 0), max(2, round(3 * unit)), cv2.LINE_AA)
+        cv2.polylines(out, [line], False, (255, 255, 255), max(1, round(unit)), cv2.LINE_AA)
+    radius = max(2, round(3 * unit))
+    for at in corners:
+        cv2.circle(out, at, radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
+        cv2.circle(out, at, radius, (255, 255, 255), -1, cv2.LINE_AA)
+    cv2.circle(out, corners[-1], radius + 4, (255, 255, 255), max(1, round(unit)), cv2.LINE_AA)
 
 
 def control_points_overlay(frames: torch.Tensor, points: ControlPoints | None) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 `Perception.scene(spec, cache_dir)` returns exactly the `Scene` that `anima.scene.build_scene`
 builds for the spec (so depths shown in the page, the preview and ``anima animate`` agree), but
-remembers what it computed: each object's mask is written once to ``cache_dir/masks/`` (SAM or
-GrabCut only run again when that object's selection changes) and each distance map to
+remembers what it computed: each automatic mask (box, points) is written once to
+``cache_dir/masks/`` (SAM or GrabCut only run again when that object's selection changes; mask
+files and polygons are exact and cheap, so they are used as they are) and each distance map to
 ``cache_dir/depth/`` (Depth Anything, or the ground-plane prior which depends on the masks). The
 scene is then built from those files, which read back bit for bit.
 """
@@ -21,7 +22,7 @@ import torch
 from anima.errors import InputError
 from anima.io import atomic_path, read_image, write_png
 from anima.scene import Scene, build_scene, object_mask
-from anima.spec import MotionSpec, parse_spec
+from anima.spec import SELECTIONS, MotionSpec, parse_spec
 from anima.weights import DEPTH_ANYTHING, SAM, Weights
 
 SCENES_KEPT = 4
@@ -61,7 +62,7 @@ class Perception:
         }
         selections = []
         for obj in spec.objects:
-            selection = obj.model_dump(mode="json", include={"mask", "box", "points"})
+            selection = obj.model_dump(mode="json", include=set(SELECTIONS))
             if obj.mask:
                 selection["mask"] = _file_key(spec.resolve(obj.mask))
             selections.append({"id": obj.id, **selection})
@@ -82,8 +83,13 @@ class Perception:
         self, spec: MotionSpec, base: dict, selections: list[dict], cache_dir: Path
     ) -> Scene:
         image = None
-        mask_files: list[str] = []
+        mask_keys: list[str] = []  # what each mask depends on, for the depth cache
+        objects: list[dict] = []
         for index, (obj, selection) in enumerate(zip(spec.objects, selections, strict=True)):
+            if obj.polygon is not None:  # exact: rasterised by build_scene in both grids
+                objects.append({"id": obj.id, "polygon": [list(c) for c in obj.polygon]})
+                mask_keys.append(_digest(selection))
+                continue
             path = cache_dir / "masks" / f"{_digest([base, selection, self._backend(SAM)])}.png"
             if not path.is_file():
                 if image is None:
@@ -93,18 +99,17 @@ class Perception:
                 if not bool(mask.any()):
                     raise InputError("the selection is empty", f"object {obj.id}")
                 write_png(path, mask.numpy().astype(np.uint8) * 255)
-            mask_files.append(str(path))
+            mask_keys.append(str(path))
+            objects.append({"id": obj.id, "mask": str(path)})
 
         data = spec.model_dump(mode="json", exclude_none=True)
         data["image"] = str(spec.resolve(spec.image))
-        data["objects"] = [
-            {"id": obj.id, "mask": mask} for obj, mask in zip(spec.objects, mask_files, strict=True)
-        ]
+        data["objects"] = objects
         data.pop("camera", None)
         if spec.depth:
             data["depth"] = str(spec.resolve(spec.depth))
         else:
-            depth_key = [base, mask_files, self._backend(DEPTH_ANYTHING)]
+            depth_key = [base, mask_keys, self._backend(DEPTH_ANYTHING)]
             path = cache_dir / "depth" / f"{_digest(depth_key)}.npy"
             if not path.is_file():
                 distance = build_scene(parse_spec(data, "studio"), self.weights).distance

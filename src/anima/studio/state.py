@@ -2,10 +2,11 @@
 
 A `Draft` is everything a browser session holds: the spec as JSON data, the folder its relative
 paths resolve against, which object and which path point the next click or slider edits, the
-working image size, and an undo history. Every function takes a draft and returns a new one (a
-draft is immutable), validating the spec after each edit, so the page can call them in any
-order: a call that makes no sense yet (a path point before an object, a depth before a path
-point) raises `InputError` with a message for the user and changes nothing.
+working image size, the corners of a polygon being drawn, and an undo history. Every function
+takes a draft and returns a new one (a draft is immutable), validating the spec after each edit,
+so the page can call them in any order: a call that makes no sense yet (a path point before an
+object, a depth before a path point) raises `InputError` with a message for the user and changes
+nothing.
 
 Nothing here imports gradio or touches files: uploads and downloads are `anima.studio.workspace`,
 masks and depth `anima.studio.perception`.
@@ -13,6 +14,10 @@ masks and depth `anima.studio.perception`.
 Conventions (the spec's): pixels x right, y down in the working image; path points are spaced
 evenly in time (``t = i / (n - 1)``) whenever a point is added or removed; depth is a distance
 from the camera in scene units.
+
+A polygon selection is drawn corner by corner (`add_polygon_corner`, each click an undo step)
+and becomes a new object when it is closed (`close_polygon`); until then its corners live in the
+draft, not in the spec (a spec's polygon has at least three corners and encloses an area).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from anima.errors import InputError
-from anima.spec import Camera, MotionSpec, parse_spec, spec_to_json
+from anima.spec import Camera, MotionSpec, parse_spec, polygon_area, spec_to_json
 
 HISTORY_LIMIT = 50
 """Undo steps kept per session."""
@@ -66,6 +71,7 @@ class Snapshot:
     size: tuple[int, int] | None
     active: int | None
     keyframe: int | None
+    polygon: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Draft:
         size: the working image size (H, W) every pixel coordinate refers to.
         active: id of the object that selection refinements and path points go to.
         keyframe: index of the active object's path point the depth slider edits.
+        polygon: corners (x, y) of the polygon being drawn, not yet an object.
         history: earlier states, newest last (`undo`).
     """
 
@@ -86,6 +93,7 @@ class Draft:
     size: tuple[int, int] | None = None
     active: int | None = None
     keyframe: int | None = None
+    polygon: tuple[tuple[float, float], ...] = ()
     history: tuple[Snapshot, ...] = ()
 
     @property
@@ -145,7 +153,7 @@ def load(draft: Draft, data: dict[str, Any], size: tuple[int, int]) -> Draft:
     """Replace the draft's spec by ``data`` (a loaded spec whose paths resolve in the draft's
     folder; ``size`` is the working size of its image) as one undoable step. The last object
     becomes the active one."""
-    new = _commit(draft, data, None, None, size=_check_size(size))
+    new = _commit(draft, data, None, None, size=_check_size(size), polygon=())
     last = new.objects[-1]["id"] if new.objects else None
     return _with_active(new, last)
 
@@ -203,7 +211,7 @@ def _check_point(draft: Draft, x: float, y: float, what: str) -> tuple[float, fl
 
 
 def _snapshot(draft: Draft) -> Snapshot:
-    return Snapshot(draft.spec, draft.size, draft.active, draft.keyframe)
+    return Snapshot(draft.spec, draft.size, draft.active, draft.keyframe, draft.polygon)
 
 
 def _commit(
@@ -212,8 +220,10 @@ def _commit(
     active: int | None,
     keyframe: int | None,
     size: tuple[int, int] | None = None,
+    polygon: tuple[tuple[float, float], ...] | None = None,
 ) -> Draft:
-    """Validate ``data`` and return the new draft, the current state pushed on the history."""
+    """Validate ``data`` and return the new draft, the current state pushed on the history.
+    The polygon being drawn is kept unless ``polygon`` replaces it."""
     spec = parse_spec(data, WHERE, base_dir=Path(draft.workdir))
     history = (draft.history + (_snapshot(draft),))[-HISTORY_LIMIT:]
     return Draft(
@@ -222,6 +232,7 @@ def _commit(
         size=size or draft.size,
         active=active,
         keyframe=keyframe,
+        polygon=draft.polygon if polygon is None else polygon,
         history=history,
     )
 
@@ -264,7 +275,7 @@ def set_image(draft: Draft, name: str, size: tuple[int, int], working_size: bool
         data |= {k: draft.spec[k] for k in SETTINGS if k in draft.spec}
     if working_size:
         data["size"] = list(size)
-    return _commit(draft, data, None, None, size=size)
+    return _commit(draft, data, None, None, size=size, polygon=())
 
 
 # --------------------------------------------------------------------------- objects
@@ -297,13 +308,66 @@ def refine_object(draft: Draft, x: float, y: float) -> Draft:
     obj = _require_active(draft, "add clicks to its selection")
     point = _check_point(draft, x, y, "selection click")
     if obj.get("points") is None:
-        kind = "box" if obj.get("box") is not None else "mask file"
+        kind = _selection_kind(obj)
         raise InputError(
             f"object {obj['id']} is selected by a {kind}; start a new object to select by clicks",
             WHERE,
         )
     data = _edit_object(draft, obj["id"], points=[*obj["points"], list(point)])
     return _commit(draft, data, draft.active, draft.keyframe)
+
+
+def _selection_kind(obj: dict[str, Any]) -> str:
+    """How an object is selected, in words."""
+    if obj.get("mask"):
+        return "mask file"
+    if obj.get("polygon"):
+        return "polygon"
+    return "box" if obj.get("box") is not None else "clicks"
+
+
+def add_polygon_corner(draft: Draft, x: float, y: float) -> Draft:
+    """Add a corner at (x, y) to the polygon being drawn (one undo step). `close_polygon`
+    makes the polygon a new object once it has three corners or more."""
+    _require_image(draft)
+    corner = _check_point(draft, x, y, "polygon corner")
+    history = (draft.history + (_snapshot(draft),))[-HISTORY_LIMIT:]
+    return replace(draft, polygon=(*draft.polygon, corner), history=history)
+
+
+def close_polygon(draft: Draft, label: str | None = None) -> Draft:
+    """A new object selected exactly by the polygon being drawn (the pixels inside its
+    outline, and on it); it becomes the active object and the drawing starts over. Undo
+    reopens the polygon with all its corners."""
+    _require_image(draft)
+    corners = [list(c) for c in draft.polygon]
+    if len(corners) < 3:
+        need = 3 - len(corners)
+        raise InputError(
+            f"a polygon needs at least 3 corners: click {need} more with 'Polygon corner'",
+            WHERE,
+        )
+    if polygon_area([(x, y) for x, y in corners]) == 0.0:
+        raise InputError(
+            "the polygon's corners lie on one line: undo them and click around the object",
+            WHERE,
+        )
+    data = dict(draft.spec or {})
+    new_id = next_object_id(draft)
+    obj: dict[str, Any] = {"id": new_id, "polygon": corners}
+    if label:
+        obj["label"] = label
+    data["objects"] = [*draft.objects, obj]
+    return _commit(draft, data, new_id, None, polygon=())
+
+
+def cancel_polygon(draft: Draft) -> Draft:
+    """Forget the corners of the polygon being drawn (one undo step)."""
+    _require_image(draft)
+    if not draft.polygon:
+        raise InputError("there is no polygon being drawn", WHERE)
+    history = (draft.history + (_snapshot(draft),))[-HISTORY_LIMIT:]
+    return replace(draft, polygon=(), history=history)
 
 
 def activate(draft: Draft, object_id: int) -> Draft:
@@ -534,6 +598,7 @@ def undo(draft: Draft) -> Draft:
         size=last.size,
         active=last.active,
         keyframe=last.keyframe,
+        polygon=last.polygon,
         history=draft.history[:-1],
     )
 
@@ -545,7 +610,7 @@ def object_choices(draft: Draft) -> list[tuple[str, int]]:
     """(label, id) of every object, for a picker."""
     choices = []
     for obj in draft.objects:
-        how = "mask" if obj.get("mask") else "box" if obj.get("box") else "clicks"
+        how = _selection_kind(obj).replace("mask file", "mask")
         points = len(obj.get("trajectory", []))
         name = f"{obj['id']}: {obj['label']}" if obj.get("label") else f"object {obj['id']}"
         choices.append(

@@ -1,4 +1,5 @@
-"""`XDynaPipeline`: a human image driven by pose and face conditions (X-Dyna, paper 004).
+"""`XDynaPipeline`: a human image driven by pose and face conditions (X-Dyna, "X-Dyna:
+Expressive Dynamic Human Image Animation").
 
 Components (REFERENCE.md, "X-Dyna"): a frozen SD1.5 UNet with AnimateDiff motion modules
 (`UNetMotionModel`), the `DynamicsAdapter` (§3.2), a pose `ControlNetModel` (3-channel
@@ -96,6 +97,24 @@ def image_conditioning(image_embeds: Tensor | None) -> dict[str, Any] | None:
     """The UNet's ``added_cond_kwargs`` for IP-Adapter image features (B, 1, T, D), one a
     video; None without them (the UNet call is then the plain one)."""
     return None if image_embeds is None else {"image_embeds": [image_embeds]}
+
+
+def uniform_tensor(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Uniform samples in [0, 1) of ``shape`` on ``device``: drawn on the generator's own
+    device, then moved (the uniform counterpart of diffusers' ``randn_tensor``). Torch refuses
+    a CPU generator for an accelerator tensor, and a CPU generator gives the same numbers
+    whatever ``device`` is, so a seed gives one video on every machine."""
+    return torch.rand(
+        shape,
+        generator=generator,
+        device=generator.device if generator is not None else device,
+        dtype=dtype,
+    ).to(device)
 
 
 def gaussian_blur(latents: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
@@ -273,7 +292,7 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
         shape = (1, reference.shape[1], num_frames, *reference.shape[-2:])
         clean = reference[:, :, None].expand(shape)
         blurred = gaussian_blur(reference)[:, :, None].expand(shape)
-        keep = torch.rand(shape, generator=generator, device=reference.device) >= BLUR_PROBABILITY
+        keep = uniform_tensor(shape, generator, reference.device) >= BLUR_PROBABILITY
         mixed = torch.where(keep, clean, blurred)
         noise = randn_tensor(shape, generator=generator, device=reference.device, dtype=mixed.dtype)
         first = self.scheduler.timesteps[:1]
