@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from anima.errors import InputError
-from anima.perception.depth import check_image, image_to_uint8, load_local, require_model_dir
+from anima.perception.common import check_image, image_to_uint8, load_local, require_model_dir
 
 GRABCUT_ITERATIONS = 5
 GRABCUT_SEED = 0
