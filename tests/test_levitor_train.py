@@ -1,4 +1,4 @@
-"""LeviTor ControlNet training (paper 003, §3.2, Eq. 6) on tiny models and a toy dataset.
+"""LeviTor ControlNet training (LeviTor §3.2, Eq. 6) on tiny models and a toy dataset.
 
 The toy clips are 64x64: a checkered square moving right, down and growing (nearer) in front of
 a colour gradient, plus a static box; instance and 16-bit depth PNGs (the last clip has no depth
@@ -28,23 +28,25 @@ from anima.methods.levitor.dataset import (
     moving_pixels,
 )
 from anima.methods.levitor.train import (
-    StepNoise,
     TrainConfig,
     build_pipeline,
-    edm_input_scale,
-    edm_timestep,
-    epsilon_loss,
     initial_controlnet,
     levitor_loss,
     load_frozen_models,
     moving_pixel_weight,
     svd_conditioning,
     train_levitor,
-    v_prediction_denoised,
 )
 from anima.models.loading import load_svd_controlnet
 from anima.models.tiny import svd_scheduler, tiny_svd_unet
 from anima.training import loss_history
+from anima.training.edm import (
+    StepNoise,
+    edm_input_scale,
+    edm_timestep,
+    epsilon_loss,
+    v_prediction_denoised,
+)
 from anima.weights import Weights
 
 TINY = Weights(builtin="tiny")
@@ -331,10 +333,13 @@ def test_checkpoint_holds_a_loadable_controlnet(full_run) -> None:
 
 
 def test_resume_from_step_15_is_bit_exact(full_run, data_dir: Path, tmp_path: Path) -> None:
+    """A run that went on past its checkpoint (as if killed at step 20) resumes from it: the
+    same weights and losses as the uninterrupted run, each step logged once."""
     full_out, full, _ = full_run
     out = tmp_path / "resumed"
-    first = train_levitor(config(data_dir, out, steps=15), TINY)
-    assert first.losses == full.losses[:15]
+    first = train_levitor(config(data_dir, out, steps=20), TINY)
+    assert first.losses == full.losses[:20]
+    assert [line["step"] for line in loss_history(out)] == [5, 10, 15, 20]
     with pytest.raises(InputError, match="already holds checkpoints"):
         train_levitor(config(data_dir, out), TINY)
     resumed = train_levitor(config(data_dir, out, resume=str(out / "checkpoint-15")), TINY)

@@ -2,21 +2,36 @@
 
 ``anima train svd-base --data DIR --out DIR [options]`` trains a tiny SVD base model
 (`anima.methods.svd_base.train`); ``anima train levitor --data DIR --out DIR [options]`` trains
-the LeviTor ControlNet (`anima.methods.levitor.train`). The same commands run unchanged under
-``accelerate launch`` on several GPUs. Bad input (dataset layout, weights, options) is an
-`InputError`: one line ``error: <what>, <where>``, exit status 2.
+the LeviTor ControlNet (`anima.methods.levitor.train`); ``anima train xdyna ...`` trains
+X-Dyna (`anima.methods.xdyna.train`). The same commands run unchanged under ``accelerate
+launch`` on several GPUs and ``torchrun`` on several CPU processes.
+
+Each command's options are built from its method's pydantic config (`config_command`): every
+field marked with an `anima.training.Flag` becomes an option with the field's name, default and
+description, so the CLI and the Python API cannot disagree. Bad input (dataset layout,
+weights, options) is an `InputError`: one line ``error: <what>, <where>`` naming the option,
+exit status 2.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+import inspect
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
 from rich.console import Console
 
 from anima.errors import InputError
+from anima.methods.levitor.train import TrainConfig
+from anima.methods.svd_base.train import BaseTrainConfig
+from anima.methods.xdyna.train import XDynaTrainConfig
+from anima.training import RunConfig, field_flag
 from anima.weights import Weights
 
 train_app = typer.Typer(
@@ -29,322 +44,227 @@ def _train() -> None:
     """Train a method's networks (one sub-command a method)."""
 
 
-#: TrainConfig field -> the option that sets it (for error messages).
-_OPTION_OF = {
-    "data": "--data",
-    "out": "--out",
-    "steps": "--steps",
-    "batch_size": "--batch-size",
-    "gradient_accumulation_steps": "--gradient-accumulation-steps",
-    "lr": "--lr",
-    "lr_warmup_steps": "--lr-warmup-steps",
-    "lr_min": "--lr-min",
-    "size": "--height/--width",
-    "num_frames": "--frames",
-    "checkpoint_every": "--checkpoint-every",
-    "checkpoints_total_limit": "--checkpoints-total-limit",
-    "resume": "--resume",
-    "mixed_precision": "--mixed-precision",
-    "seed": "--seed",
-    "log_every": "--log-every",
-    "num_workers": "--num-workers",
-    "init": "--init",
-    "variant": "--variant",
-    "loss_weighting": "--loss-weighting",
-    "moving_weight": "--moving-weight",
-    "p_mean": "--p-mean",
-}
+# ------------------------------------------------------------------------------------------
+# Options from a config
+# ------------------------------------------------------------------------------------------
 
 
-def _config_error(error: ValidationError, option_of: dict[str, str] = _OPTION_OF) -> InputError:
-    """The first validation error of a training config, named by the option that set it."""
+@dataclass(frozen=True)
+class Extra:
+    """A command option that is not a config field (passed to the command's run function)."""
+
+    name: str
+    annotation: Any
+    default: Any
+    help: str
+
+
+#: The fields every command lists first; the `RunConfig` fields (checkpoints, log, ...) last.
+_FIRST = ("data", "out")
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The type typer parses an option as: Literals as plain strings (pydantic checks the
+    choice and the error names the option), ``X | None`` kept."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return str
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _cli_type(inner) | None
+    return annotation
+
+
+def _ordered_fields(model: type[BaseModel]) -> list[str]:
+    """``model``'s fields with a `Flag`: data and out, the method's own, then the run's."""
+    flagged = [name for name in model.model_fields if field_flag(model, name) is not None]
+    common = [name for name in flagged if name in RunConfig.model_fields and name not in _FIRST]
+    first = [name for name in _FIRST if name in flagged]
+    own = [name for name in flagged if name not in first and name not in common]
+    # --quiet closes the list, as it did before the options were generated
+    common.sort(key=lambda name: name == "quiet")
+    return [*first, *own, *common]
+
+
+def _parameters(
+    model: type[BaseModel], extras: Sequence[Extra]
+) -> tuple[list[inspect.Parameter], dict[str, list[str]]]:
+    """The command's parameters, and for each config field the parameter names that set it."""
+    params: list[inspect.Parameter] = []
+    sources: dict[str, list[str]] = {}
+
+    def add(name: str, annotation: Any, default: Any, option: Any) -> None:
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if default is PydanticUndefined else default,
+                annotation=Annotated[annotation, option],
+            )
+        )
+
+    for name in _ordered_fields(model):
+        info = model.model_fields[name]
+        flag = field_flag(model, name)
+        assert flag is not None
+        help_text = info.description or ""
+        if flag.items:
+            item_types = typing.get_args(info.annotation)
+            sources[name] = []
+            for i, decl in enumerate(flag.items):
+                param = decl.lstrip("-").replace("-", "_")
+                default = info.default[i] if info.default is not PydanticUndefined else None
+                label = decl.lstrip("-").capitalize()
+                text = f"{label}: {help_text[:1].lower()}{help_text[1:]}"
+                add(param, item_types[i], default, typer.Option(decl, help=text))
+                sources[name].append(param)
+        else:
+            # Flag(): typer names the option after the parameter (a bool gets --no-NAME too)
+            option = typer.Option(*flag.names, help=help_text)
+            add(name, _cli_type(info.annotation), info.default, option)
+            sources[name] = [name]
+        if name == "out":
+            for extra in extras:
+                add(extra.name, extra.annotation, extra.default, typer.Option(help=extra.help))
+    if "out" not in sources:
+        for extra in extras:
+            add(extra.name, extra.annotation, extra.default, typer.Option(help=extra.help))
+    return params, sources
+
+
+def config_error(error: ValidationError, model: type[BaseModel]) -> InputError:
+    """The first validation error of a training config, named by the option that sets it."""
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else ""
     message = first["msg"].removeprefix("Value error, ")
-    return InputError(message, option_of.get(field, field or "options"))
+    flag = field_flag(model, field) if field else None
+    where = flag.display(field) if flag is not None else field or "options"
+    return InputError(message, where)
 
 
-@train_app.command("levitor")
-def train_levitor_command(
-    data: Annotated[Path, typer.Option(help="Dataset directory (clip folders).")],
-    out: Annotated[Path, typer.Option(help="Output directory.")],
-    weights: Annotated[
-        str | None,
-        typer.Option(help="Weights directory with svd/ (or 'tiny'); default $ANIMA_WEIGHTS."),
-    ] = None,
-    init: Annotated[
-        Path | None, typer.Option(help="Start from this ControlNet (else from the UNet).")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Clips per process and micro-batch.")] = 1,
-    gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches a step.")] = 1,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-5).")] = 1e-5,
-    lr_warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
-    lr_min: Annotated[
-        float | None, typer.Option(help="Cosine decay to this learning rate (else constant).")
-    ] = None,
-    height: Annotated[int, typer.Option(help="Training height (multiple of 8).")] = 288,
-    width: Annotated[int, typer.Option(help="Training width (multiple of 8).")] = 512,
-    frames: Annotated[int, typer.Option(help="Frames per clip sample.")] = 16,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    checkpoints_total_limit: Annotated[
-        int | None, typer.Option(help="Keep only the newest N checkpoints.")
-    ] = None,
-    resume: Annotated[
-        str | None, typer.Option(help="Checkpoint directory, or 'latest' (in --out).")
-    ] = None,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16.")] = "no",
-    gradient_checkpointing: Annotated[
-        bool, typer.Option(help="Recompute activations in the backward pass (less memory).")
-    ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
-    variant: Annotated[
-        str, typer.Option(help="full, or an ablation: single_point, no_depth, no_instance.")
-    ] = "full",
-    loss_weighting: Annotated[
-        str,
-        typer.Option(help="Eq. 6 as written (epsilon) or EDM's lambda(sigma) weighting (edm)."),
-    ] = "epsilon",
-    moving_weight: Annotated[
-        float,
-        typer.Option(help="Loss weight on latent pixels moved objects cover or uncover (1: off)."),
-    ] = 1.0,
-    p_mean: Annotated[
-        float, typer.Option(help="Mean of ln sigma, EDM's log-normal noise levels.")
-    ] = 0.7,
-    log_every: Annotated[int, typer.Option(help="Steps between log.jsonl lines.")] = 10,
-    num_workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 0,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+def config_command(
+    app: typer.Typer,
+    name: str,
+    model: type[BaseModel],
+    run: Callable[..., None],
+    help: str,
+    extras: Sequence[Extra] = (),
 ) -> None:
-    """Train the LeviTor ControlNet (paper 003, Eq. 6) on clips with instance masks."""
-    from anima.methods.levitor.train import TrainConfig, train_levitor
+    """Add command ``name`` to ``app``: its options are ``model``'s flagged fields plus
+    ``extras``; it validates a ``model`` (errors name the option) and calls
+    ``run(config, **extras)``."""
+    params, sources = _parameters(model, extras)
 
-    try:
-        config = TrainConfig(
-            data=data,
-            out=out,
-            steps=steps,
-            batch_size=batch_size,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            lr=lr,
-            lr_warmup_steps=lr_warmup_steps,
-            lr_min=lr_min,
-            size=(height, width),
-            num_frames=frames,
-            checkpoint_every=checkpoint_every,
-            checkpoints_total_limit=checkpoints_total_limit,
-            resume=resume,
-            mixed_precision=mixed_precision,
-            gradient_checkpointing=gradient_checkpointing,
-            seed=seed,
-            variant=variant,
-            loss_weighting=loss_weighting,
-            moving_weight=moving_weight,
-            p_mean=p_mean,
-            log_every=log_every,
-            num_workers=num_workers,
-            init=init,
-            quiet=quiet,
-        )
-    except ValidationError as error:
-        raise _config_error(error) from None
-    if init is not None and not init.is_dir():
-        raise InputError("ControlNet directory not found", str(init))
-    resolved = Weights.resolve(weights, allow_pickle=allow_pickle)
-    result = train_levitor(config, resolved)
-    console = Console(stderr=True, quiet=quiet)
+    def command(**values: Any) -> None:
+        settings = {}
+        for field, names in sources.items():
+            parts = [values[n] for n in names]
+            settings[field] = tuple(parts) if len(names) > 1 else parts[0]
+        try:
+            config = model(**settings)
+        except ValidationError as error:
+            raise config_error(error, model) from None
+        run(config, **{extra.name: values[extra.name] for extra in extras})
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__name__ = f"train_{name.replace('-', '_')}_command"
+    command.__doc__ = help
+    app.command(name, help=help)(command)
+
+
+ALLOW_PICKLE = Extra("allow_pickle", bool, False, "Allow loading pickle checkpoints.")
+
+
+def _print(quiet: bool, line: str) -> None:
+    Console(stderr=True, quiet=quiet).print(line, markup=False, highlight=False)
+
+
+# ------------------------------------------------------------------------------------------
+# The commands
+# ------------------------------------------------------------------------------------------
+
+
+def _levitor(config: TrainConfig, weights: str | None, allow_pickle: bool) -> None:
+    from anima.methods.levitor.train import train_levitor
+
+    if config.init is not None and not config.init.is_dir():
+        raise InputError("ControlNet directory not found", str(config.init))
+    result = train_levitor(config, Weights.resolve(weights, allow_pickle=allow_pickle))
     loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-    console.print(
+    _print(
+        config.quiet,
         f"wrote {result.controlnet_dir} (steps {result.start_step}-{result.step}{loss}, "
         f"{result.seconds:.1f}s)",
-        markup=False,
-        highlight=False,
     )
 
 
-#: BaseTrainConfig field -> the option that sets it (for error messages).
-_BASE_OPTION_OF = {
-    "data": "--data",
-    "out": "--out",
-    "steps_vae": "--steps-vae",
-    "steps_unet": "--steps-unet",
-    "lr_vae": "--lr-vae",
-    "lr_unet": "--lr-unet",
-    "lr_warmup_steps": "--lr-warmup-steps",
-    "batch_size": "--batch-size",
-    "num_frames": "--frames",
-    "vae_batch_size": "--vae-batch-size",
-    "vae_frames": "--vae-frames",
-    "size": "--height/--width",
-    "kl_weight": "--kl-weight",
-    "loss_weighting": "--loss-weighting",
-    "checkpoint_every": "--checkpoint-every",
-    "checkpoints_total_limit": "--checkpoints-total-limit",
-    "resume": "--resume",
-    "seed": "--seed",
-    "log_every": "--log-every",
-}
+config_command(
+    train_app,
+    "levitor",
+    TrainConfig,
+    _levitor,
+    "Train the LeviTor ControlNet (LeviTor §3.2, Eq. 6) on clips with instance masks.",
+    [
+        Extra(
+            "weights",
+            str | None,
+            None,
+            "Weights directory with svd/ (or 'tiny'); default $ANIMA_WEIGHTS.",
+        ),
+        ALLOW_PICKLE,
+    ],
+)
 
 
-@train_app.command("svd-base")
-def train_svd_base_command(
-    data: Annotated[Path, typer.Option(help="Clip directory (DATA/<clip>/frames/).")],
-    out: Annotated[Path, typer.Option(help="Output directory (svd/, log, checkpoints).")],
-    steps_vae: Annotated[int, typer.Option(help="Stage 1 (VAE) steps.")] = 1000,
-    steps_unet: Annotated[int, typer.Option(help="Stage 2 (UNet + image encoder) steps.")] = 2000,
-    lr_vae: Annotated[float, typer.Option(help="Stage 1 AdamW learning rate.")] = 1e-3,
-    lr_unet: Annotated[float, typer.Option(help="Stage 2 AdamW learning rate.")] = 3e-4,
-    lr_warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps a stage.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Stage 2: clips per step.")] = 4,
-    frames: Annotated[int, typer.Option(help="Stage 2: frames per clip sample.")] = 8,
-    vae_batch_size: Annotated[int, typer.Option(help="Stage 1: clips per step.")] = 16,
-    vae_frames: Annotated[int, typer.Option(help="Stage 1: frames per clip sample.")] = 2,
-    height: Annotated[int, typer.Option(help="Training height (multiple of 8).")] = 64,
-    width: Annotated[int, typer.Option(help="Training width (multiple of 8).")] = 64,
-    kl_weight: Annotated[float, typer.Option(help="VAE KL weight (per-element mean).")] = 1e-4,
-    loss_weighting: Annotated[
-        str, typer.Option(help="Stage 2: epsilon (Eq. 6 as written) or edm (lambda(sigma)).")
-    ] = "epsilon",
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    checkpoints_total_limit: Annotated[
-        int | None, typer.Option(help="Keep only the newest N checkpoints.")
-    ] = None,
-    resume: Annotated[
-        str | None, typer.Option(help="Checkpoint directory, or 'latest' (in --out).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
-    log_every: Annotated[int, typer.Option(help="Steps between log.jsonl lines.")] = 10,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-) -> None:
-    """Train a tiny SVD image-to-video base model (VAE, then UNet + image encoder)."""
-    from anima.methods.svd_base.train import BaseTrainConfig, train_svd_base
+def _svd_base(config: BaseTrainConfig) -> None:
+    from anima.methods.svd_base.train import train_svd_base
 
-    try:
-        config = BaseTrainConfig(
-            data=data,
-            out=out,
-            steps_vae=steps_vae,
-            steps_unet=steps_unet,
-            lr_vae=lr_vae,
-            lr_unet=lr_unet,
-            lr_warmup_steps=lr_warmup_steps,
-            batch_size=batch_size,
-            num_frames=frames,
-            vae_batch_size=vae_batch_size,
-            vae_frames=vae_frames,
-            size=(height, width),
-            kl_weight=kl_weight,
-            loss_weighting=loss_weighting,
-            checkpoint_every=checkpoint_every,
-            checkpoints_total_limit=checkpoints_total_limit,
-            resume=resume,
-            seed=seed,
-            log_every=log_every,
-            quiet=quiet,
-        )
-    except ValidationError as error:
-        raise _config_error(error, _BASE_OPTION_OF) from None
     result = train_svd_base(config)
-    console = Console(stderr=True, quiet=quiet)
-    console.print(
+    assert result is not None  # only a test's stop_after ends a run early
+    _print(
+        config.quiet,
         f"wrote {result.svd_dir} (scaling factor {result.scaling_factor:.4f}, "
         f"{result.seconds:.1f}s)",
-        markup=False,
-        highlight=False,
     )
 
 
-#: XDynaTrainConfig field -> the option that sets it (for error messages).
-_XDYNA_OPTION_OF = {
-    "data": "--data",
-    "out": "--out",
-    "stage": "--stage",
-    "init": "--init",
-    "steps": "--steps",
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "lr_warmup_steps": "--lr-warmup-steps",
-    "size": "--height/--width",
-    "num_frames": "--frames",
-    "scene_prob": "--scene-prob",
-    "checkpoint_every": "--checkpoint-every",
-    "checkpoints_total_limit": "--checkpoints-total-limit",
-    "resume": "--resume",
-    "seed": "--seed",
-    "log_every": "--log-every",
-}
+config_command(
+    train_app,
+    "svd-base",
+    BaseTrainConfig,
+    _svd_base,
+    "Train a tiny SVD image-to-video base model (VAE, then UNet + image encoder).",
+)
 
 
-@train_app.command("xdyna")
-def train_xdyna_command(
-    data: Annotated[Path, typer.Option(help="Clips: DATA/<clip>/frames/ (+ keypoints.json).")],
-    out: Annotated[Path, typer.Option(help="Output weights directory (+ log, checkpoints).")],
-    weights: Annotated[
-        str | None,
-        typer.Option(help="Weights with sd15/ and motion-adapter/ (or 'tiny'); $ANIMA_WEIGHTS."),
-    ] = None,
-    stage: Annotated[
-        str, typer.Option(help="motion: adapter + pose ControlNet + motion module; face.")
-    ] = "motion",
-    init: Annotated[
-        Path | None, typer.Option(help="Weights directory to start from (stage face: stage 1).")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 1,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-5).")] = 1e-5,
-    lr_warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
-    height: Annotated[int, typer.Option(help="Training height (multiple of 8).")] = 896,
-    width: Annotated[int, typer.Option(help="Training width (multiple of 8).")] = 512,
-    frames: Annotated[int, typer.Option(help="Generated frames per sample.")] = 16,
-    scene_prob: Annotated[
-        float, typer.Option(help="Share of scene clips with blank conditions.")
-    ] = 0.5,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    checkpoints_total_limit: Annotated[
-        int | None, typer.Option(help="Keep only the newest N checkpoints.")
-    ] = None,
-    resume: Annotated[
-        str | None, typer.Option(help="Checkpoint directory, or 'latest' (in --out).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
-    log_every: Annotated[int, typer.Option(help="Steps between log.jsonl lines.")] = 10,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-) -> None:
-    """Train X-Dyna (paper 004, §3.4): stage motion, then stage face."""
-    from anima.methods.xdyna.train import XDynaTrainConfig, train_xdyna
+def _xdyna(config: XDynaTrainConfig, weights: str | None, allow_pickle: bool) -> None:
+    from anima.methods.xdyna.train import train_xdyna
 
-    try:
-        config = XDynaTrainConfig(
-            data=data,
-            out=out,
-            stage=stage,
-            init=init,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            lr_warmup_steps=lr_warmup_steps,
-            size=(height, width),
-            num_frames=frames,
-            scene_prob=scene_prob,
-            checkpoint_every=checkpoint_every,
-            checkpoints_total_limit=checkpoints_total_limit,
-            resume=resume,
-            seed=seed,
-            log_every=log_every,
-            quiet=quiet,
-        )
-    except ValidationError as error:
-        raise _config_error(error, _XDYNA_OPTION_OF) from None
-    if init is not None and not init.is_dir():
-        raise InputError("weights directory not found", str(init))
+    if config.init is not None and not config.init.is_dir():
+        raise InputError("weights directory not found", str(config.init))
     result = train_xdyna(config, Weights.resolve(weights, allow_pickle=allow_pickle))
-    console = Console(stderr=True, quiet=quiet)
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
-    console.print(
-        f"wrote {result.out} (stage {stage}, steps {result.start_step}-{result.step}{last}, "
-        f"{result.seconds:.1f}s)",
-        markup=False,
-        highlight=False,
+    _print(
+        config.quiet,
+        f"wrote {result.out} (stage {config.stage}, steps {result.start_step}-{result.step}"
+        f"{last}, {result.seconds:.1f}s)",
     )
+
+
+config_command(
+    train_app,
+    "xdyna",
+    XDynaTrainConfig,
+    _xdyna,
+    "Train X-Dyna (X-Dyna §3.4): stage motion, then stage face.",
+    [
+        Extra(
+            "weights",
+            str | None,
+            None,
+            "Weights with sd15/ and motion-adapter/ (or 'tiny'); $ANIMA_WEIGHTS.",
+        ),
+        ALLOW_PICKLE,
+    ],
+)

@@ -1,4 +1,4 @@
-"""Training the LeviTor ControlNet (paper 003, §3.2, Eq. 6).
+"""Training the LeviTor ControlNet (LeviTor §3.2, Eq. 6).
 
 Only the ControlNet trains; the SVD UNet, VAE and CLIP image encoder are frozen (``eval()``,
 ``requires_grad_(False)``). The ControlNet starts as a copy of the UNet's encoder with zero
@@ -8,8 +8,7 @@ Loss. The paper's Eq. 6 is epsilon matching,
 ``L = E ||eps - eps_theta(z_t; t, z^0, c_traj)||^2``. SVD is an EDM model (Karras et al.,
 "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022) with the
 v-prediction preconditioning diffusers' `EulerDiscreteScheduler` implements for it
-(``prediction_type="v_prediction"``, ``timestep_type="continuous"``). Per sample (one sigma for
-all frames):
+(`anima.training.edm`). Per sample (one sigma for all frames):
 
 - ``sigma = exp(P_mean + P_std * n)``, ``n ~ N(0, 1)`` (EDM's log-normal training distribution;
   ``P_mean = 0.7, P_std = 1.6`` are the values open SVD fine-tuning code uses, shifted towards
@@ -41,13 +40,13 @@ of `control_signal` (raw 0..255), at ControlNet scale 1. The defaults are the pi
 (the release's demo passes fps=6 to a pipeline that subtracts 1, so the model receives 5; the
 training code was not released), motion bucket 100, noise augmentation 0.02.
 
-Reproducibility and resume. Every random draw of a step comes from fresh generators seeded by
-``(seed, index, process index, stream)``, with ``index = step * accumulation + micro-batch``:
-the data (clip, start, K-means seed) in one stream, sigma and the noises in another. The model
-and optimizer state are saved every ``checkpoint_every`` steps in ``out/checkpoint-<step>/``
-(``accelerator.save_state``; the ControlNet itself as ``controlnet/`` via ``save_pretrained``,
-the layout of the official LeviTor release, plus ``training_state.json``). Resuming at step k
-therefore reproduces an uninterrupted run bit-exactly on the same hardware and process count.
+Training runs on `anima.training.train_loop` (`LevitorTrainer`). Every random draw of a
+micro-batch comes from `step_generator` seeded by ``(seed, index, process, stream)``, with
+``index = step * accumulation + micro-batch``: the data (clip, start, K-means seed) in one
+stream, sigma and the noises in another. Checkpoints (``out/checkpoint-<step>/``, every
+``checkpoint_every`` steps) hold the ControlNet as ``controlnet/`` (``save_pretrained``, the
+layout of the official LeviTor release) beside accelerate's state, so resuming at step k
+reproduces an uninterrupted run bit-exactly on the same hardware and process count.
 
 Outputs: ``out/controlnet/`` (safetensors), ``out/train_config.json``, ``out/log.jsonl`` (one
 line per logged step: ``step``, ``loss`` = mean loss over the steps since the previous line,
@@ -57,116 +56,152 @@ process. The same code runs on CPU and under ``accelerate launch`` on many GPUs.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
-import sys
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
+from pydantic import Field
+from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from anima.errors import InputError
-from anima.io import atomic_dir, atomic_path
+from anima.io import atomic_dir
 from anima.methods.levitor.dataset import (
     DEFAULT_FOV,
     DEFAULT_MOVE_THRESHOLD,
     LevitorBatch,
     LevitorDataset,
 )
-from anima.models.svd_controlnet import SVDControlNetModel
-from anima.models.tiny import vae_scale_factor
-from anima.models.unet_residuals import unet_residuals
 from anima.training import (
-    CHECKPOINT_PREFIX,
-    CONFIG_FILE,
-    LOG_FILE,
-    STATE_FILE,
+    SIZE_FLAG,
+    Flag,
+    LoopConfig,
+    ProgressCallback,
+    RunConfig,
+    Trainer,
     TrainingSize,
-    checked_checkpoint,
+    list_checkpoints,
     make_accelerator,
-    prune_checkpoints,
-    save_checkpoint,
-    warmup_lr,
-    write_json,
+    resolve_resume,
+    start_run,
+    step_generator,
+    train_loop,
+)
+from anima.training.edm import (
+    LossWeighting,
+    StepNoise,
+    edm_input_scale,
+    edm_timestep,
+    encode_latents,
+    epsilon_loss,
 )
 from anima.weights import DEPTH_ANYTHING, SVD, Weights
 
+if TYPE_CHECKING:
+    from anima.models.svd_controlnet import SVDControlNetModel
+
 CONTROLNET_DIR = "controlnet"
-#: Streams of the per-step generators.
+#: Streams of the per-micro-batch generators.
 DATA_STREAM, NOISE_STREAM = 0, 1
 
-ProgressCallback = Callable[[int, int, float], None]
-#: How Eq. 6's per-sample terms are weighted over sigma (`epsilon_loss`).
-LossWeighting = Literal["epsilon", "edm"]
+__all__ = [
+    "CONTROLNET_DIR",
+    "LevitorTrainer",
+    "LossWeighting",
+    "ProgressCallback",
+    "StepNoise",
+    "TrainConfig",
+    "TrainResult",
+    "build_pipeline",
+    "edm_input_scale",
+    "edm_timestep",
+    "encode_latents",
+    "epsilon_loss",
+    "initial_controlnet",
+    "levitor_loss",
+    "load_frozen_models",
+    "moving_pixel_weight",
+    "step_generator",
+    "svd_conditioning",
+    "train_levitor",
+]
 
 
-class TrainConfig(BaseModel):
-    """Settings of a LeviTor ControlNet training run (defaults: the paper's and the release's)."""
+class TrainConfig(RunConfig):
+    """Settings of a LeviTor ControlNet training run (defaults: the paper's and the release's).
+    Fields with a `Flag` are ``anima train levitor`` options."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path = Field(description="Dataset directory (anima.methods.levitor.dataset).")
-    out: Path = Field(description="Output directory: checkpoints, log, final ControlNet.")
-    steps: int = Field(1000, ge=1, description="Optimizer steps in all (paper: 200k).")
-    batch_size: int = Field(1, ge=1, description="Clips per process and micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (paper: 1e-5).")
-    lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0, in steps.")
-    lr_min: float | None = Field(
-        None,
-        gt=0,
-        description="Cosine decay to this learning rate at the last step (else constant).",
+    data: Annotated[Path, Flag()] = Field(description="Dataset directory (clip folders).")
+    out: Annotated[Path, Flag()] = Field(
+        description="Output directory: checkpoints, log, final ControlNet."
+    )
+    init: Annotated[Path | None, Flag()] = Field(
+        None, description="Start from this ControlNet (else from the UNet)."
+    )
+    steps: Annotated[int, Flag()] = Field(
+        1000, ge=1, description="Optimizer steps in all (paper: 200k)."
+    )
+    batch_size: Annotated[int, Flag()] = Field(
+        1, ge=1, description="Clips per process and micro-batch."
+    )
+    gradient_accumulation_steps: Annotated[int, Flag()] = Field(
+        1, ge=1, description="Micro-batches a step."
+    )
+    lr: Annotated[float, Flag()] = Field(
+        1e-5, gt=0, description="AdamW learning rate (paper: 1e-5)."
+    )
+    lr_warmup_steps: Annotated[int, Flag()] = Field(
+        0, ge=0, description="Linear warm-up from 0, in steps."
+    )
+    lr_min: Annotated[float | None, Flag()] = Field(
+        None, gt=0, description="Cosine decay to this learning rate (else constant)."
     )
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_weight_decay: float = Field(1e-2, ge=0)
     adam_epsilon: float = Field(1e-8, gt=0)
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None: off.")
-    size: TrainingSize = Field((288, 512), description="(H, W), multiples of 8.")
-    num_frames: int = Field(16, ge=1)
+    size: Annotated[TrainingSize, SIZE_FLAG] = Field(
+        (288, 512), description="Training size (multiples of 8)."
+    )
+    num_frames: Annotated[int, Flag("--frames")] = Field(
+        16, ge=1, description="Frames per clip sample."
+    )
     fps: int = Field(
         6, ge=1, description="Conditioning fps, as LeviTorPipeline's (the model receives fps-1)."
     )
     motion_bucket_id: int = Field(100, ge=0)
     noise_aug_strength: float = Field(0.02, ge=0)
-    p_mean: float = Field(0.7, description="EDM log-normal sigma: mean of ln sigma.")
-    p_std: float = Field(1.6, gt=0, description="EDM log-normal sigma: std of ln sigma.")
-    loss_weighting: LossWeighting = Field(
-        "epsilon", description="Eq. 6 as written ('epsilon') or EDM's lambda(sigma) ('edm')."
+    p_mean: Annotated[float, Flag()] = Field(
+        0.7, description="Mean of ln sigma, EDM's log-normal noise levels."
     )
-    moving_weight: float = Field(
+    p_std: float = Field(1.6, gt=0, description="EDM log-normal sigma: std of ln sigma.")
+    loss_weighting: Annotated[LossWeighting, Flag()] = Field(
+        "epsilon", description="Eq. 6 as written (epsilon) or EDM's lambda(sigma) weighting (edm)."
+    )
+    moving_weight: Annotated[float, Flag()] = Field(
         1.0,
         ge=1,
-        description="Weight of Eq. 6 on latent pixels a moved object covers or uncovers (1: the "
+        description="Loss weight on latent pixels moved objects cover or uncover (1: the "
         "paper's uniform loss).",
     )
     vae_sample: bool = Field(True, description="Sample the VAE posterior (else its mean).")
     vae_encode_chunk: int = Field(8, ge=1, description="Frames the VAE encodes at a time.")
     points_scale: float = Field(1.0, gt=0)
-    variant: Literal["full", "single_point", "no_depth", "no_instance"] = Field(
-        "full", description="Control signal: the full one or a paper ablation (Tab. 2, S1)."
+    variant: Annotated[Literal["full", "single_point", "no_depth", "no_instance"], Flag()] = Field(
+        "full", description="full, or an ablation (Tab. 2): single_point, no_depth, no_instance."
     )
     move_threshold: float = Field(DEFAULT_MOVE_THRESHOLD, ge=0)
     fov: float = Field(DEFAULT_FOV, gt=1, lt=179, description="Ground-plane depth fallback.")
-    init: Path | None = Field(None, description="ControlNet to start from (else from the UNet).")
-    checkpoint_every: int = Field(500, ge=1)
-    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep the newest N.")
-    resume: str | None = Field(None, description="Checkpoint directory, 'latest', or None.")
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = False
-    seed: int = Field(0, ge=0, lt=2**63)
-    log_every: int = Field(10, ge=1)
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    quiet: bool = False
+    mixed_precision: Annotated[Literal["no", "fp16", "bf16"], Flag()] = Field(
+        "no", description="no, fp16 or bf16."
+    )
+    gradient_checkpointing: Annotated[bool, Flag()] = Field(
+        False, description="Recompute activations in the backward pass (less memory)."
+    )
+    num_workers: Annotated[int, Flag()] = Field(
+        0, ge=0, description="Data loader worker processes."
+    )
 
 
 @dataclass
@@ -193,119 +228,6 @@ class TrainResult:
     @property
     def final_loss(self) -> float | None:
         return self.losses[-1] if self.losses else None
-
-
-# ------------------------------------------------------------------------------------------
-# Randomness
-# ------------------------------------------------------------------------------------------
-
-
-def step_generator(seed: int, index: int, process: int, stream: int) -> torch.Generator:
-    """A CPU generator determined by ``(seed, index, process, stream)`` alone."""
-    state = np.random.SeedSequence([seed, index, process, stream]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
-
-
-@dataclass
-class StepNoise:
-    """The random draws of one loss evaluation besides the data.
-
-    Attributes:
-        sigma: (B,) EDM noise levels.
-        noise: (B, F, C, h, w) the eps of Eq. 6.
-        latent_noise: (B, F, C, h, w) standard normal draws that sample the VAE posterior.
-        aug_noise: (B, 3, H, W) noise augmentation of the conditioning frame (before scaling by
-            ``noise_aug_strength``).
-    """
-
-    sigma: Tensor
-    noise: Tensor
-    latent_noise: Tensor
-    aug_noise: Tensor
-
-    @classmethod
-    def draw(
-        cls,
-        generator: torch.Generator,
-        batch: int,
-        frames: int,
-        latent_channels: int,
-        size: tuple[int, int],
-        p_mean: float,
-        p_std: float,
-        vae_scale: int = 8,
-    ) -> StepNoise:
-        h, w = size[0] // vae_scale, size[1] // vae_scale
-        sigma = (p_mean + p_std * torch.randn(batch, generator=generator)).exp()
-        shape = (batch, frames, latent_channels, h, w)
-        noise = torch.randn(shape, generator=generator)
-        latent_noise = torch.randn(shape, generator=generator)
-        aug_noise = torch.randn((batch, 3, *size), generator=generator)
-        return cls(sigma, noise, latent_noise, aug_noise)
-
-
-class StepBatches(torch.utils.data.Dataset):
-    """Map-style dataset whose item ``index`` is the batch of micro-step ``index``, drawn from
-    ``step_generator(seed, index, process, DATA_STREAM)`` (so it can be prefetched by workers
-    and is the same whatever the worker count)."""
-
-    def __init__(self, dataset: LevitorDataset, seed: int, process: int, batch_size: int) -> None:
-        self.dataset, self.seed, self.process, self.batch_size = dataset, seed, process, batch_size
-
-    def __len__(self) -> int:  # only the sampler decides what is read
-        return sys.maxsize
-
-    def __getitem__(self, index: int) -> LevitorBatch:
-        generator = step_generator(self.seed, index, self.process, DATA_STREAM)
-        return self.dataset.sample_batch(generator, self.batch_size)
-
-
-def _keep(batch: LevitorBatch) -> LevitorBatch:
-    return batch
-
-
-# ------------------------------------------------------------------------------------------
-# EDM / v-prediction (diffusers' EulerDiscreteScheduler for SVD)
-# ------------------------------------------------------------------------------------------
-
-
-def edm_input_scale(sigma: Tensor) -> Tensor:
-    """``c_in = 1 / sqrt(sigma^2 + 1)`` (the scheduler's ``scale_model_input``)."""
-    return 1.0 / torch.sqrt(sigma**2 + 1.0)
-
-
-def edm_timestep(sigma: Tensor) -> Tensor:
-    """``c_noise = 0.25 ln sigma`` (the scheduler's continuous timesteps)."""
-    return 0.25 * torch.log(sigma)
-
-
-def v_prediction_denoised(sample: Tensor, model_output: Tensor, sigma: Tensor) -> Tensor:
-    """``D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * F`` (the scheduler's x0)."""
-    return sample / (sigma**2 + 1.0) - sigma / torch.sqrt(sigma**2 + 1.0) * model_output
-
-
-def epsilon_loss(
-    sample: Tensor,
-    noise: Tensor,
-    model_output: Tensor,
-    sigma: Tensor,
-    weighting: LossWeighting = "epsilon",
-    pixel_weight: Tensor | None = None,
-) -> Tensor:
-    """Eq. 6: ``mean((eps - (x - D) / sigma)^2)`` with D from the v-prediction ``F``.
-
-    ``weighting="edm"`` multiplies each sample's term by ``sigma^2 + 1``: EDM's
-    ``lambda(sigma) ||D - z0||^2`` (with ``sigma_data = 1``), i.e. weight 1 on the v-error. The
-    plain epsilon loss weights the v-error by ``1 / (sigma^2 + 1)``, so the high noise levels,
-    where the layout and hence the motion is decided, barely teach anything.
-    ``pixel_weight`` (broadcast against the latents) scales each latent pixel's term."""
-    eps_hat = (sample - v_prediction_denoised(sample, model_output, sigma)) / sigma
-    squared = (noise - eps_hat) ** 2
-    if weighting == "edm":
-        squared = squared * (sigma**2 + 1.0)
-    if pixel_weight is not None:
-        squared = squared * pixel_weight
-    return torch.mean(squared)
 
 
 def moving_pixel_weight(moving: Tensor, latent_size: tuple[int, int], weight: float) -> Tensor:
@@ -360,24 +282,6 @@ def svd_conditioning(
     return Conditioning(embedding, image_latents, time_ids)
 
 
-@torch.no_grad()
-def encode_latents(vae: Any, frames: Tensor, latent_noise: Tensor | None, chunk: int = 8) -> Tensor:
-    """``z0``: (B, F, 3, H, W) frames in [0, 1] -> (B, F, C, h, w) latents times the scaling
-    factor; the posterior is sampled with ``latent_noise`` (its mean when None)."""
-    batch, frames_count = frames.shape[:2]
-    flat = frames.flatten(0, 1).to(device=vae.device, dtype=vae.dtype) * 2.0 - 1.0
-    latents = []
-    for i in range(0, flat.shape[0], chunk):
-        dist = vae.encode(flat[i : i + chunk]).latent_dist
-        if latent_noise is None:
-            latents.append(dist.mean)
-        else:
-            eps = latent_noise.flatten(0, 1)[i : i + chunk].to(dist.mean.device, dist.mean.dtype)
-            latents.append(dist.mean + dist.std * eps)
-    z0 = torch.cat(latents).float() * vae.config.scaling_factor
-    return z0.reshape(batch, frames_count, *z0.shape[1:])
-
-
 def levitor_loss(
     pipe: Any,
     controlnet: torch.nn.Module,
@@ -391,12 +295,15 @@ def levitor_loss(
     loss_weighting: LossWeighting = "epsilon",
     moving_weight: float = 1.0,
 ) -> Tensor:
-    """Eq. 6 on one batch with the given random draws (see the module docstring), weighted by
-    ``moving_weight`` on the moved objects' latent pixels (`moving_pixel_weight`).
+    """Eq. 6 (LeviTor §3.2) on one batch with the given random draws (see the module
+    docstring), weighted by ``moving_weight`` on the moved objects' latent pixels
+    (`moving_pixel_weight`).
 
     ``pipe`` holds the frozen models (a `LeviTorPipeline`); ``controlnet`` is the model being
     trained (possibly wrapped by accelerate). Returns a float32 scalar.
     """
+    from anima.models.unet_residuals import unet_residuals
+
     unet = pipe.unet
     device, dtype = unet.device, unet.dtype
     frames = batch.frames.to(device)
@@ -471,6 +378,8 @@ def initial_controlnet(
     else `SVDControlNetModel.from_unet` (stem initialised from ``seed``, downsampling control
     images by the VAE's ``vae_scale``), recording the control ``variant`` it is trained on.
     fp32."""
+    from anima.models.svd_controlnet import SVDControlNetModel
+
     if init is None:
         from anima.models.tiny import seeded, stem_channels
 
@@ -531,54 +440,76 @@ def build_pipeline(components: dict[str, Any], controlnet: SVDControlNetModel) -
 
 
 # ------------------------------------------------------------------------------------------
-# Checkpoints and logs
-# ------------------------------------------------------------------------------------------
-
-
-def checkpoint_step(path: Path) -> int | None:
-    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
-    return int(match.group(1)) if match and path.is_dir() else None
-
-
-def list_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints in ``out``, oldest first."""
-    if not out.is_dir():
-        return []
-    found = [
-        (step, p)
-        for p in out.iterdir()
-        if (step := checkpoint_step(p)) is not None and (p / STATE_FILE).is_file()
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(resume: str | None, out: Path) -> Path | None:
-    """The checkpoint to resume from: a path, the newest in ``out`` for 'latest' (None if there
-    is none yet), or None."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(out)
-        return found[-1] if found else None
-    return checked_checkpoint(resume)
-
-
-def _trim_log(path: Path, last_step: int) -> None:
-    """Drop log lines after ``last_step`` (a resumed run rewrites them)."""
-    if not path.is_file():
-        return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= last_step
-    ]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept))
-
-
-# ------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------
+
+
+class LevitorTrainer(Trainer):
+    """The ControlNet, its micro-batches and Eq. 6, for `anima.training.train_loop`.
+
+    Micro-batch ``i`` is ``batch_size`` clip samples drawn from ``step_generator(seed, i,
+    process, DATA_STREAM)``; its noises come from the ``NOISE_STREAM`` generator. Checkpoints
+    hold the ControlNet as ``controlnet/`` (``save_pretrained``)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: LevitorDataset,
+        pipe: Any,
+        controlnet: SVDControlNetModel,
+        latent_channels: int,
+        vae_scale: int,
+    ) -> None:
+        self.config, self.dataset, self.pipe, self.controlnet = config, dataset, pipe, controlnet
+        self.latent_channels, self.vae_scale = latent_channels, vae_scale
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"controlnet": self.controlnet}
+
+    def batch(self, index: int, process: int) -> LevitorBatch:
+        generator = step_generator(self.config.seed, index, process, DATA_STREAM)
+        return self.dataset.sample_batch(generator, self.config.batch_size)
+
+    def loss(
+        self, modules: Mapping[str, nn.Module], batch: LevitorBatch, index: int, process: int
+    ) -> Tensor:
+        config = self.config
+        draws = StepNoise.draw(
+            step_generator(config.seed, index, process, NOISE_STREAM),
+            config.batch_size,
+            config.num_frames,
+            self.latent_channels,
+            config.size,
+            config.p_mean,
+            config.p_std,
+            self.vae_scale,
+        )
+        # No global autocast: the frozen models run in their own dtypes exactly as at
+        # inference; the loop autocasts the ControlNet's forward under mixed precision.
+        return levitor_loss(
+            self.pipe,
+            modules["controlnet"],
+            batch,
+            draws,
+            fps=config.fps,
+            motion_bucket_id=config.motion_bucket_id,
+            noise_aug_strength=config.noise_aug_strength,
+            vae_sample=config.vae_sample,
+            vae_encode_chunk=config.vae_encode_chunk,
+            loss_weighting=config.loss_weighting,
+            moving_weight=config.moving_weight,
+        )
+
+    def save_modules(self, modules: Mapping[str, nn.Module], folder: Path) -> bool:
+        modules["controlnet"].save_pretrained(folder / CONTROLNET_DIR, safe_serialization=True)
+        return True
+
+    def load_modules(self, modules: Mapping[str, nn.Module], folder: Path) -> bool:
+        from anima.models.loading import load_svd_controlnet
+
+        saved = load_svd_controlnet(folder / CONTROLNET_DIR, False, torch.float32)
+        modules["controlnet"].load_state_dict(saved.state_dict())
+        return True
 
 
 def train_levitor(
@@ -594,6 +525,8 @@ def train_levitor(
             "tiny")`` trains on tiny random models.
         on_progress: called on the main process after every step as ``(step, steps, loss)``.
     """
+    from anima.models.tiny import vae_scale_factor
+
     weights = weights or Weights()
     out = Path(config.out)
     dataset = LevitorDataset(
@@ -620,15 +553,15 @@ def train_levitor(
         accelerator.mixed_precision, torch.float32
     )
     components = load_frozen_models(weights)
+    vae_scale = vae_scale_factor(components["vae"])
     controlnet = initial_controlnet(
         components["unet"],
         config.init,
         weights.allow_pickle,
         config.seed,
         config.variant,
-        vae_scale_factor(components["vae"]),
+        vae_scale,
     )
-    controlnet.train()
     for name in ("vae", "image_encoder", "unet"):
         model = components[name]
         model.requires_grad_(False)
@@ -643,166 +576,33 @@ def train_levitor(
         components["unet"].enable_gradient_checkpointing()
     pipe = build_pipeline(components, controlnet)
     pipe.set_progress_bar_config(disable=True)
+    if accelerator.is_main_process:
+        start_run(out, config.model_dump(mode="json"), fresh=resume_dir is None)
 
-    optimizer = torch.optim.AdamW(
-        [p for p in controlnet.parameters() if p.requires_grad],
+    trainer = LevitorTrainer(
+        config, dataset, pipe, controlnet, components["vae"].config.latent_channels, vae_scale
+    )
+    loop = LoopConfig(
+        **config.loop_settings(),
+        steps=config.steps,
         lr=config.lr,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-    )
-    controlnet, optimizer = accelerator.prepare(controlnet, optimizer)
-    _register_state_hooks(accelerator)
-
-    start = 0
-    if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        state = json.loads((resume_dir / STATE_FILE).read_text())
-        start = int(state["step"])
-        if int(state.get("num_processes", accelerator.num_processes)) != accelerator.num_processes:
-            accelerator.print(
-                "warning: resuming with a different number of processes; the data order "
-                "differs from an uninterrupted run"
-            )
-    is_main = accelerator.is_main_process
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG_FILE, config.model_dump(mode="json"))
-        if start == 0:
-            (out / LOG_FILE).unlink(missing_ok=True)
-        else:
-            _trim_log(out / LOG_FILE, start)
-
-    accumulation = config.gradient_accumulation_steps
-    process = accelerator.process_index
-    loader = torch.utils.data.DataLoader(
-        StepBatches(dataset, config.seed, process, config.batch_size),
-        sampler=range(start * accumulation, config.steps * accumulation),
-        batch_size=None,
-        collate_fn=_keep,
+        lr_warmup_steps=config.lr_warmup_steps,
+        lr_min=config.lr_min,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_epsilon,
         num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0,
+        desc="levitor",
     )
-    latent_channels = components["vae"].config.latent_channels
-    vae_scale = vae_scale_factor(components["vae"])
+    result = train_loop(accelerator, trainer, loop, resume_dir, on_progress)
 
-    quiet = config.quiet or not sys.stderr.isatty() or not accelerator.is_local_main_process
-    progress = tqdm(total=config.steps, initial=start, disable=quiet, desc="levitor", unit="step")
-    losses: list[float] = []
-    checkpoints: list[Path] = []
-    interval_losses: list[float] = []
-    began = interval_start = time.perf_counter()
-    step = start
-    micro_losses: list[Tensor] = []
-    for index, batch in enumerate(loader, start=start * accumulation):
-        micro = index % accumulation
-        lr = warmup_lr(config.lr, config.lr_warmup_steps, step + 1, config.steps, config.lr_min)
-        draws = StepNoise.draw(
-            step_generator(config.seed, index, process, NOISE_STREAM),
-            config.batch_size,
-            config.num_frames,
-            latent_channels,
-            config.size,
-            config.p_mean,
-            config.p_std,
-            vae_scale,
-        )
-        sync = micro == accumulation - 1
-        context = contextlib.nullcontext() if sync else accelerator.no_sync(controlnet)
-        with context:
-            # No global autocast: the frozen models run in their own dtypes exactly as at
-            # inference; accelerate autocasts the prepared ControlNet's forward.
-            loss = levitor_loss(
-                pipe,
-                controlnet,
-                batch,
-                draws,
-                fps=config.fps,
-                motion_bucket_id=config.motion_bucket_id,
-                noise_aug_strength=config.noise_aug_strength,
-                vae_sample=config.vae_sample,
-                vae_encode_chunk=config.vae_encode_chunk,
-                loss_weighting=config.loss_weighting,
-                moving_weight=config.moving_weight,
-            )
-            accelerator.backward(loss / accumulation)
-        micro_losses.append(loss.detach())
-        if not sync:
-            continue
-
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if config.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(controlnet.parameters(), config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        step_loss = accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean")
-        micro_losses = []
-        value = float(step_loss)
-        losses.append(value)
-        interval_losses.append(value)
-        progress.update()
-        progress.set_postfix(loss=f"{value:.4f}")
-        if is_main and on_progress is not None:
-            on_progress(step, config.steps, value)
-
-        if step % config.log_every == 0 or step == config.steps:
-            now = time.perf_counter()
-            if is_main:
-                line = {
-                    "step": step,
-                    "loss": sum(interval_losses) / len(interval_losses),
-                    "lr": lr,
-                    "seconds": (now - interval_start) / len(interval_losses),
-                }
-                with open(out / LOG_FILE, "a") as log:
-                    log.write(json.dumps(line) + "\n")
-            interval_losses, interval_start = [], now
-        if step % config.checkpoint_every == 0:
-            checkpoints.append(_save_checkpoint(accelerator, out, step, config))
-    progress.close()
-    seconds = time.perf_counter() - began
-
-    accelerator.wait_for_everyone()
     final = out / CONTROLNET_DIR
-    if is_main:
+    if accelerator.is_main_process:
         with atomic_dir(final) as tmp:
-            accelerator.unwrap_model(controlnet).save_pretrained(tmp, safe_serialization=True)
+            controlnet.save_pretrained(tmp, safe_serialization=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(start, step, losses, final, checkpoints, seconds)
-
-
-def _register_state_hooks(accelerator: Any) -> None:
-    """Checkpoints hold the ControlNet as ``controlnet/`` (``save_pretrained``) instead of
-    accelerate's ``model.safetensors``; loading reads it back."""
-
-    def save_hook(models: list, weights: list, output_dir: str) -> None:
-        if accelerator.is_main_process:
-            for model in models:
-                accelerator.unwrap_model(model).save_pretrained(
-                    Path(output_dir) / CONTROLNET_DIR, safe_serialization=True
-                )
-        weights.clear()
-
-    def load_hook(models: list, input_dir: str) -> None:
-        from anima.models.loading import load_svd_controlnet
-
-        while models:
-            model = accelerator.unwrap_model(models.pop())
-            saved = load_svd_controlnet(Path(input_dir) / CONTROLNET_DIR, False, torch.float32)
-            model.load_state_dict(saved.state_dict())
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _save_checkpoint(accelerator: Any, out: Path, step: int, config: TrainConfig) -> Path:
-    """``out/checkpoint-<step>`` (the ControlNet goes in by the save hook)."""
-    final = save_checkpoint(
-        accelerator, out / f"{CHECKPOINT_PREFIX}{step}", {"step": step, "seed": config.seed}
+    return TrainResult(
+        result.start_step, result.step, result.losses, final, result.checkpoints, result.seconds
     )
-    if accelerator.is_main_process:
-        prune_checkpoints(list_checkpoints(out), config.checkpoints_total_limit)
-    return final

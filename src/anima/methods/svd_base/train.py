@@ -17,8 +17,8 @@ CLIP vision tower with projection. Two stages:
    the posterior means of ``scale_samples`` clips (drawn from a dedicated generator stream), and
    the VAE is written to ``out/vae/`` (config holding the factor).
 2. **UNet + image encoder** (``steps_unet``), VAE frozen. SVD's EDM v-prediction objective with
-   the epsilon weighting of `anima.methods.levitor.train` (same helpers `edm_input_scale`,
-   `edm_timestep`, `epsilon_loss`, same `StepNoise` draws, same `encode_latents`), without a
+   the epsilon weighting of LeviTor's Eq. 6 (`anima.training.edm`: `edm_input_scale`,
+   `edm_timestep`, `epsilon_loss`, the `StepNoise` draws, `encode_latents`), without a
    ControlNet (`svd_loss`). Conditioning is `LeviTorPipeline.prepare_conditioning`, the code
    inference runs: CLIP embedding of the first frame, its noise-augmented VAE latent, added
    time ids with fps 6, motion bucket 100, noise augmentation 0.02 (the defaults of
@@ -28,63 +28,60 @@ CLIP vision tower with projection. Two stages:
    are both zeroed, exactly the unconditional branch the pipeline's classifier-free guidance
    uses, so guidance has a trained unconditional model to push against.
 
-Reproducibility and resume as in LeviTor training: every random draw of a step comes from
-`step_generator` seeded by ``(seed, step, process, stream)`` (one stream pair per stage), and
-``accelerator.save_state`` writes ``out/checkpoint-<stage>-<step>/`` (``vae`` or ``unet``) every
-``checkpoint_every`` steps, plus ``training_state.json``; stage-2 checkpoints also hold the
-frozen ``vae/``. Resuming (``latest`` or a path) reproduces an uninterrupted run bit-exactly on
-the same hardware and process count. A finished stage 1 (``out/vae/``) is not redone.
+Each stage runs on `anima.training.train_loop` (`VaeTrainer`, `UnetTrainer`): every random draw
+of a step comes from `step_generator` seeded by ``(seed, step, process, stream)`` (one stream
+pair per stage), and ``out/checkpoint-<stage>-<step>/`` (``vae`` or ``unet``) is written every
+``checkpoint_every`` steps; stage-2 checkpoints also hold the frozen ``vae/``. Resuming
+(``latest`` or a path) reproduces an uninterrupted run bit-exactly on the same hardware and
+process count. A finished stage 1 (``out/vae/``) is not redone.
 
 Outputs: ``out/svd/`` (diffusers SVD layout, safetensors; `anima.models.loading.
 load_svd_components` loads it, ``anima train levitor --weights DIR`` reads ``DIR/svd/``),
 ``out/train_config.json``, ``out/log.jsonl`` (``stage``, ``step``, mean ``loss`` since the last
 line, ``lr``, ``seconds`` per step; the VAE stage adds ``rec`` and ``kl``).
-
-Several processes (``accelerate launch``) run the same code, but the image encoder is called
-through the pipeline unwrapped, so its gradients are averaged by hand (`_sync_grads`).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from torch import Tensor
-from tqdm.auto import tqdm
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
 
+from anima.clips import FRAMES_DIR, crop_resize_rgb
 from anima.errors import InputError
-from anima.io import FRAME_SUFFIXES, atomic_dir, atomic_path, read_image
-from anima.methods.levitor.dataset import FRAMES_DIR, crop_resize_rgb
-from anima.methods.levitor.train import (
+from anima.io import FRAME_SUFFIXES, atomic_dir, read_image
+from anima.training import (
+    CHECKPOINT_PREFIX,
+    SIZE_FLAG,
+    STATE_FILE,
+    Flag,
+    LoopConfig,
+    RunConfig,
+    Trainer,
+    TrainingSize,
+    checked_checkpoint,
+    checkpoint_state,
+    make_accelerator,
+    start_run,
+    step_generator,
+    train_loop,
+    trim_log,
+    write_json,
+)
+from anima.training.edm import (
     LossWeighting,
     StepNoise,
     edm_input_scale,
     edm_timestep,
     encode_latents,
     epsilon_loss,
-    step_generator,
-)
-from anima.models.tiny import vae_scale_factor
-from anima.training import (
-    CHECKPOINT_PREFIX,
-    CONFIG_FILE,
-    LOG_FILE,
-    STATE_FILE,
-    TrainingSize,
-    checked_checkpoint,
-    make_accelerator,
-    prune_checkpoints,
-    save_checkpoint,
-    warmup_lr,
-    write_json,
 )
 
 Stage = Literal["vae", "unet"]
@@ -99,26 +96,41 @@ SCALE_STREAM = 20
 ProgressCallback = Callable[[str, int, int, float], None]
 
 
-class BaseTrainConfig(BaseModel):
-    """Settings of a tiny SVD base-model training run."""
+class BaseTrainConfig(RunConfig):
+    """Settings of a tiny SVD base-model training run. Fields with a `Flag` are
+    ``anima train svd-base`` options."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path = Field(description="Clip directory: DATA/<clip>/frames/*.png.")
-    out: Path = Field(description="Output directory: checkpoints, log, svd/.")
-    steps_vae: int = Field(1000, ge=0, description="Stage 1 optimizer steps (VAE).")
-    steps_unet: int = Field(2000, ge=0, description="Stage 2 optimizer steps (UNet + CLIP).")
-    lr_vae: float = Field(1e-3, gt=0, description="AdamW learning rate of stage 1.")
-    lr_unet: float = Field(3e-4, gt=0, description="AdamW learning rate of stage 2.")
-    lr_warmup_steps: int = Field(20, ge=0, description="Linear warm-up of each stage, in steps.")
-    adam_weight_decay: float = Field(1e-2, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; None: off.")
-    batch_size: int = Field(4, ge=1, description="Stage 2: clips per process and step.")
-    num_frames: int = Field(8, ge=1, description="Stage 2: frames per clip sample.")
-    vae_batch_size: int = Field(16, ge=1, description="Stage 1: clips per process and step.")
-    vae_frames: int = Field(2, ge=1, description="Stage 1: frames per clip sample.")
-    size: TrainingSize = Field((64, 64), description="(H, W), multiples of 8.")
-    kl_weight: float = Field(1e-4, ge=0, description="Weight of the per-element mean KL.")
+    data: Annotated[Path, Flag()] = Field(description="Clip directory (DATA/<clip>/frames/).")
+    out: Annotated[Path, Flag()] = Field(description="Output directory (svd/, log, checkpoints).")
+    steps_vae: Annotated[int, Flag()] = Field(1000, ge=0, description="Stage 1 (VAE) steps.")
+    steps_unet: Annotated[int, Flag()] = Field(
+        2000, ge=0, description="Stage 2 (UNet + image encoder) steps."
+    )
+    lr_vae: Annotated[float, Flag()] = Field(1e-3, gt=0, description="Stage 1 AdamW learning rate.")
+    lr_unet: Annotated[float, Flag()] = Field(
+        3e-4, gt=0, description="Stage 2 AdamW learning rate."
+    )
+    lr_warmup_steps: Annotated[int, Flag()] = Field(
+        20, ge=0, description="Linear warm-up steps a stage."
+    )
+    batch_size: Annotated[int, Flag()] = Field(
+        4, ge=1, description="Stage 2: clips per process and step."
+    )
+    num_frames: Annotated[int, Flag("--frames")] = Field(
+        8, ge=1, description="Stage 2: frames per clip sample."
+    )
+    vae_batch_size: Annotated[int, Flag()] = Field(
+        16, ge=1, description="Stage 1: clips per process and step."
+    )
+    vae_frames: Annotated[int, Flag()] = Field(
+        2, ge=1, description="Stage 1: frames per clip sample."
+    )
+    size: Annotated[TrainingSize, SIZE_FLAG] = Field(
+        (64, 64), description="Training size (multiples of 8)."
+    )
+    kl_weight: Annotated[float, Flag()] = Field(
+        1e-4, ge=0, description="VAE KL weight (per-element mean)."
+    )
     scale_samples: int = Field(32, ge=1, description="Clips the scaling factor is measured on.")
     fps: int = Field(6, ge=1, description="Conditioning fps (the model receives fps - 1).")
     motion_bucket_id: int = Field(100, ge=0)
@@ -126,19 +138,13 @@ class BaseTrainConfig(BaseModel):
     cond_dropout: float = Field(0.1, ge=0, le=1, description="P(zero conditioning) for CFG.")
     p_mean: float = Field(0.7, description="EDM log-normal sigma: mean of ln sigma.")
     p_std: float = Field(1.6, gt=0, description="EDM log-normal sigma: std of ln sigma.")
-    loss_weighting: LossWeighting = Field(
-        "epsilon", description="Stage 2: epsilon loss as written, or EDM's lambda(sigma)."
+    loss_weighting: Annotated[LossWeighting, Flag()] = Field(
+        "epsilon", description="Stage 2: epsilon (Eq. 6 as written) or edm (lambda(sigma))."
     )
     vae_channels: tuple[int, ...] = Field(
         (32, 32, 32), description="VAE block_out_channels; n levels downsample 2^(n-1)x."
     )
     unet_channels: tuple[int, ...] = Field((32, 64), description="UNet block_out_channels.")
-    checkpoint_every: int = Field(500, ge=1)
-    checkpoints_total_limit: int | None = Field(None, ge=1, description="Keep the newest N.")
-    resume: str | None = Field(None, description="Checkpoint directory, 'latest', or None.")
-    seed: int = Field(0, ge=0, lt=2**63)
-    log_every: int = Field(10, ge=1)
-    quiet: bool = False
 
     @field_validator("vae_channels", "unet_channels")
     @classmethod
@@ -166,10 +172,6 @@ class BaseTrainResult:
     scaling_factor: float
     checkpoints: list[Path] = field(default_factory=list)
     seconds: float = 0.0
-
-
-class _Interrupted(Exception):
-    """Internal: stops after a step (tests, ``stop_after``)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,7 +270,12 @@ def build_pipeline(vae: Any, image_encoder: Any, unet: Any) -> Any:
     zero ControlNet that is never called in training)."""
     from anima.methods.levitor.pipeline import LeviTorPipeline
     from anima.models.svd_controlnet import SVDControlNetModel
-    from anima.models.tiny import clip_feature_extractor, stem_channels, svd_scheduler
+    from anima.models.tiny import (
+        clip_feature_extractor,
+        stem_channels,
+        svd_scheduler,
+        vae_scale_factor,
+    )
 
     with torch.random.fork_rng(devices=[]):
         controlnet = SVDControlNetModel.from_unet(
@@ -318,7 +325,7 @@ def svd_loss(
     noise_aug_strength: float = 0.02,
     loss_weighting: LossWeighting = "epsilon",
 ) -> Tensor:
-    """Stage-2 loss: `anima.methods.levitor.train.levitor_loss` without a ControlNet (EDM,
+    """Stage-2 loss: LeviTor's Eq. 6 (§3.2) without a ControlNet (`anima.training.edm`: EDM,
     v-prediction, weighted as ``loss_weighting`` says), conditioning by
     ``pipe.prepare_conditioning`` with gradients to the image encoder. ``unet`` is the model
     being trained (possibly wrapped by accelerate); ``drop`` (B,) bool zeroes the conditioning
@@ -368,6 +375,88 @@ def measure_scaling_factor(vae: Any, dataset: FramesDataset, config: BaseTrainCo
 
 
 # ------------------------------------------------------------------------------------------
+# The two stages' trainers
+# ------------------------------------------------------------------------------------------
+
+
+class VaeTrainer(Trainer):
+    """Stage 1 for `anima.training.train_loop`: the VAE on ``vae_batch_size`` clip samples of
+    ``vae_frames`` frames (data and posterior noise from the stage's generator streams); logs
+    the reconstruction (``rec``) and ``kl`` terms beside the loss."""
+
+    #: diffusers' temporal decoder never calls its mid-block attention.
+    find_unused_parameters = True
+
+    def __init__(self, config: BaseTrainConfig, dataset: FramesDataset, vae: Any) -> None:
+        self.config, self.dataset, self.vae = config, dataset, vae
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"vae": self.vae}
+
+    def batch(self, index: int, process: int) -> Tensor:
+        config = self.config
+        data = step_generator(config.seed, index, process, STREAMS["vae"][0])
+        return self.dataset.sample_batch(data, config.vae_batch_size, config.vae_frames)
+
+    def loss(
+        self, modules: Mapping[str, nn.Module], batch: Tensor, index: int, process: int
+    ) -> dict[str, Tensor]:
+        from anima.models.tiny import vae_scale_factor
+
+        config, vae = self.config, modules["vae"]
+        scale = vae_scale_factor(vae)
+        shape = (
+            config.vae_batch_size,
+            config.vae_frames,
+            vae.config.latent_channels,
+            config.size[0] // scale,
+            config.size[1] // scale,
+        )
+        generator = step_generator(config.seed, index, process, STREAMS["vae"][1])
+        device = next(vae.parameters()).device
+        noise = torch.randn(shape, generator=generator).to(device)
+        terms = vae_loss(vae, batch.to(device), noise, config.kl_weight)
+        return {"loss": terms.loss, "rec": terms.rec, "kl": terms.kl}
+
+
+class UnetTrainer(Trainer):
+    """Stage 2 for `anima.training.train_loop`: the UNet and the CLIP image encoder on the
+    frozen VAE (`svd_loss`); checkpoints also hold the frozen ``vae/``."""
+
+    def __init__(
+        self, config: BaseTrainConfig, dataset: FramesDataset, pipe: Any, vae: Any
+    ) -> None:
+        self.config, self.dataset, self.pipe, self.vae = config, dataset, pipe, vae
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.pipe.unet, "image_encoder": self.pipe.image_encoder}
+
+    def batch(self, index: int, process: int) -> Tensor:
+        data = step_generator(self.config.seed, index, process, STREAMS["unet"][0])
+        return self.dataset.sample_batch(data, self.config.batch_size)
+
+    def loss(
+        self, modules: Mapping[str, nn.Module], batch: Tensor, index: int, process: int
+    ) -> Tensor:
+        from anima.models.tiny import vae_scale_factor
+
+        config = self.config
+        generator = step_generator(config.seed, index, process, STREAMS["unet"][1])
+        draws = StepNoise.draw(
+            generator, config.batch_size, config.num_frames, self.vae.config.latent_channels,
+            config.size, config.p_mean, config.p_std, vae_scale_factor(self.vae),
+        )  # fmt: skip
+        drop = torch.rand(config.batch_size, generator=generator) < config.cond_dropout
+        return svd_loss(
+            self.pipe, modules["unet"], batch, draws, drop, config.fps, config.motion_bucket_id,
+            config.noise_aug_strength, config.loss_weighting,
+        )  # fmt: skip
+
+    def write_checkpoint(self, folder: Path) -> None:
+        self.vae.save_pretrained(folder / VAE_DIR, safe_serialization=True)
+
+
+# ------------------------------------------------------------------------------------------
 # Checkpoints and logs
 # ------------------------------------------------------------------------------------------
 
@@ -412,44 +501,11 @@ def resolve_resume(resume: str | None, out: Path) -> Path | None:
     return checked_checkpoint(resume)
 
 
-def _trim_log(path: Path, stage: str, last_step: int) -> None:
-    """Drop log lines after ``(stage, last_step)`` (a resumed run rewrites them)."""
-    if not path.is_file():
-        return
-    limit = (STAGES.index(stage), last_step)
-    kept = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            if (STAGES.index(entry.get("stage", "vae")), entry.get("step", 0)) <= limit:
-                kept.append(line)
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept))
-
-
-def _save_checkpoint(
-    accelerator: Any,
-    out: Path,
-    stage: str,
-    step: int,
-    config: BaseTrainConfig,
-    vae: Any | None,
-) -> Path:
-    """``out/checkpoint-<stage>-<step>``: accelerate state (+ frozen ``vae/`` in stage 2)."""
-
-    def write_vae(folder: Path) -> None:
-        if vae is not None:
-            vae.save_pretrained(folder / VAE_DIR, safe_serialization=True)
-
-    final = save_checkpoint(
-        accelerator,
-        out / f"{CHECKPOINT_PREFIX}{stage}-{step}",
-        {"stage": stage, "step": step, "seed": config.seed},
-        write_vae,
-    )
-    if accelerator.is_main_process:
-        prune_checkpoints(list_checkpoints(out), config.checkpoints_total_limit)
-    return final
+def _not_after(stage: str, step: int) -> Callable[[dict[str, Any]], bool]:
+    """Whether a log line comes no later than ``(stage, step)`` (a resumed run rewrites the
+    later ones)."""
+    limit = (STAGES.index(stage), step)
+    return lambda line: (STAGES.index(line.get("stage", "vae")), line.get("step", 0)) <= limit
 
 
 def _load_vae(folder: Path) -> Any:
@@ -460,99 +516,29 @@ def _load_vae(folder: Path) -> Any:
     return load_model(AutoencoderKLTemporalDecoder, folder, "SVD VAE", False, torch.float32)
 
 
-def _sync_grads(accelerator: Any, params: Sequence[Tensor]) -> None:
-    """Average gradients of parameters used outside a DDP wrapper over processes."""
-    if accelerator.num_processes <= 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            p.grad = accelerator.reduce(p.grad, reduction="mean")
+def _stage_loop(
+    stage: Stage,
+    config: BaseTrainConfig,
+    steps: int,
+    lr: float,
+    stop_after: tuple[str, int] | None,
+) -> LoopConfig:
+    return LoopConfig(
+        **config.loop_settings(),
+        steps=steps,
+        lr=lr,
+        lr_warmup_steps=config.lr_warmup_steps,
+        checkpoint_prefix=f"{CHECKPOINT_PREFIX}{stage}-",
+        checkpoints=list_checkpoints,
+        log_fields={"stage": stage},
+        desc=f"svd-base {stage}",
+        stop_after=stop_after[1] if stop_after is not None and stop_after[0] == stage else None,
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------
-
-
-def _run_stage(
-    stage: Stage,
-    config: BaseTrainConfig,
-    accelerator: Any,
-    models: list[Any],
-    loss_fn: Callable[[int, int], tuple[Tensor, dict[str, float]]],
-    steps: int,
-    lr: float,
-    start: int,
-    resume_dir: Path | None,
-    frozen_vae: Any | None,
-    on_progress: ProgressCallback | None,
-    stop_after: tuple[str, int] | None,
-    result: BaseTrainResult,
-) -> None:
-    """The optimisation loop shared by both stages. ``models`` are trained with AdamW;
-    ``loss_fn(step_index, process)`` returns the loss and extra log values."""
-    out = Path(config.out)
-    params = [p for m in models for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.adam_weight_decay)
-    prepared = accelerator.prepare(*models, optimizer)
-    wrapped, optimizer = list(prepared[:-1]), prepared[-1]
-    if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-    for model in wrapped:
-        model.train()
-
-    is_main = accelerator.is_main_process
-    quiet = config.quiet or not sys.stderr.isatty() or not accelerator.is_local_main_process
-    progress = tqdm(
-        total=steps, initial=start, disable=quiet, desc=f"svd-base {stage}", unit="step"
-    )
-    interval: list[float] = []
-    extras: dict[str, list[float]] = {}
-    interval_start = time.perf_counter()
-    losses = result.losses.setdefault(stage, [])
-    for step in range(start, steps):
-        current_lr = warmup_lr(lr, config.lr_warmup_steps, step + 1)
-        loss, extra = loss_fn(step, accelerator.process_index, wrapped)
-        accelerator.backward(loss)
-        _sync_grads(accelerator, params)
-        for group in optimizer.param_groups:
-            group["lr"] = current_lr
-        if config.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        value = float(accelerator.reduce(loss.detach(), reduction="mean"))
-        losses.append(value)
-        interval.append(value)
-        for key, v in extra.items():
-            extras.setdefault(key, []).append(v)
-        progress.update()
-        progress.set_postfix(loss=f"{value:.4f}")
-        if is_main and on_progress is not None:
-            on_progress(stage, done, steps, value)
-        if done % config.log_every == 0 or done == steps:
-            now = time.perf_counter()
-            if is_main:
-                line = {
-                    "stage": stage,
-                    "step": done,
-                    "loss": sum(interval) / len(interval),
-                    "lr": current_lr,
-                    "seconds": (now - interval_start) / len(interval),
-                } | {key: sum(v) / len(v) for key, v in extras.items()}
-                with open(out / LOG_FILE, "a") as log:
-                    log.write(json.dumps(line) + "\n")
-            interval, extras, interval_start = [], {}, now
-        if done % config.checkpoint_every == 0:
-            result.checkpoints.append(
-                _save_checkpoint(accelerator, out, stage, done, config, frozen_vae)
-            )
-        if stop_after is not None and stop_after == (stage, done):
-            progress.close()
-            raise _Interrupted
-    progress.close()
-    accelerator.wait_for_everyone()
 
 
 def train_svd_base(
@@ -575,61 +561,41 @@ def train_svd_base(
         )
     resume_stage, resume_step = "vae", 0
     if resume_dir is not None:
-        state = json.loads((resume_dir / STATE_FILE).read_text())
+        state = checkpoint_state(resume_dir)
         resume_stage, resume_step = state.get("stage", "vae"), int(state["step"])
         if resume_stage not in STAGES:
             raise InputError("not a svd-base checkpoint", str(resume_dir))
     elif config.resume is not None and _stage1_done(out):
         resume_stage = "unet"
 
+    def progress(stage: str) -> Callable[[int, int, float], None] | None:
+        if on_progress is None:
+            return None
+        return lambda step, steps, loss: on_progress(stage, step, steps, loss)
+
     accelerator = make_accelerator(out)
     device = accelerator.device
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG_FILE, config.model_dump(mode="json"))
-        if resume_dir is None and resume_stage == "vae":
-            (out / LOG_FILE).unlink(missing_ok=True)
-        else:
-            _trim_log(out / LOG_FILE, resume_stage, resume_step)
+        fresh = resume_dir is None and resume_stage == "vae"
+        start_run(out, config.model_dump(mode="json"), fresh)
+        if not fresh:
+            trim_log(out, _not_after(resume_stage, resume_step))
     result = BaseTrainResult(out / SVD_DIR, {}, {}, 1.0)
     began = time.perf_counter()
 
     # Stage 1: the VAE.
     if resume_stage == "vae":
         vae = initial_vae(config.seed, config.vae_channels).to(device)
-        start = resume_step if resume_dir is not None else 0
-        result.start["vae"] = start
+        result.start["vae"] = resume_step if resume_dir is not None else 0
         if config.steps_vae > 0:
-            vae_noise = STREAMS["vae"]
-            latent_channels = vae.config.latent_channels
-            scale = vae_scale_factor(vae)
-            h, w = config.size[0] // scale, config.size[1] // scale
-
-            def vae_step(step: int, process: int, models: list[Any]) -> tuple:
-                data = step_generator(config.seed, step, process, vae_noise[0])
-                frames = dataset.sample_batch(data, config.vae_batch_size, config.vae_frames)
-                frames = frames.to(device)
-                noise = torch.randn(
-                    (config.vae_batch_size, config.vae_frames, latent_channels, h, w),
-                    generator=step_generator(config.seed, step, process, vae_noise[1]),
-                ).to(device)
-                terms = vae_loss(
-                    accelerator.unwrap_model(models[0]), frames, noise, config.kl_weight
-                )
-                return terms.loss, {
-                    "rec": float(terms.rec.detach()),
-                    "kl": float(terms.kl.detach()),
-                }
-
-            try:
-                _run_stage(
-                    "vae", config, accelerator, [vae], vae_step, config.steps_vae,
-                    config.lr_vae, start, resume_dir, None, on_progress, stop_after, result,
-                )  # fmt: skip
-            except _Interrupted:
+            stage_loop = _stage_loop("vae", config, config.steps_vae, config.lr_vae, stop_after)
+            trainer = VaeTrainer(config, dataset, vae)
+            run = train_loop(accelerator, trainer, stage_loop, resume_dir, progress("vae"))
+            result.losses["vae"] = run.losses
+            result.checkpoints += run.checkpoints
+            if run.stopped:
                 accelerator.end_training()
                 return None
-            vae = accelerator.unwrap_model(vae)
         vae.eval()
         factor = measure_scaling_factor(vae, dataset, config)
         vae.register_to_config(scaling_factor=factor)
@@ -654,34 +620,14 @@ def train_svd_base(
     pipe = build_pipeline(vae, encoder, unet)
     result.start["unet"] = resume_step
     if config.steps_unet > 0:
-        noise_streams = STREAMS["unet"]
-        latent_channels = vae.config.latent_channels
-
-        def unet_step(step: int, process: int, models: list[Any]) -> tuple:
-            data = step_generator(config.seed, step, process, noise_streams[0])
-            frames = dataset.sample_batch(data, config.batch_size).to(device)
-            generator = step_generator(config.seed, step, process, noise_streams[1])
-            draws = StepNoise.draw(
-                generator, config.batch_size, config.num_frames, latent_channels, config.size,
-                config.p_mean, config.p_std, vae_scale_factor(vae),
-            )  # fmt: skip
-            drop = torch.rand(config.batch_size, generator=generator) < config.cond_dropout
-            loss = svd_loss(
-                pipe, models[0], frames, draws, drop, config.fps, config.motion_bucket_id,
-                config.noise_aug_strength, config.loss_weighting,
-            )  # fmt: skip
-            return loss, {}
-
-        try:
-            _run_stage(
-                "unet", config, accelerator, [unet, encoder], unet_step, config.steps_unet,
-                config.lr_unet, resume_step, resume_dir, vae, on_progress, stop_after, result,
-            )  # fmt: skip
-        except _Interrupted:
+        stage_loop = _stage_loop("unet", config, config.steps_unet, config.lr_unet, stop_after)
+        trainer = UnetTrainer(config, dataset, pipe, vae)
+        run = train_loop(accelerator, trainer, stage_loop, resume_dir, progress("unet"))
+        result.losses["unet"] = run.losses
+        result.checkpoints += run.checkpoints
+        if run.stopped:
             accelerator.end_training()
             return None
-        unet = accelerator.unwrap_model(unet)
-        encoder = accelerator.unwrap_model(encoder)
     result.seconds = time.perf_counter() - began
 
     if accelerator.is_main_process:

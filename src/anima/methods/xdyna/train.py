@@ -1,4 +1,4 @@
-"""Training X-Dyna (paper 004, §3.4) with accelerate: ``anima train xdyna``.
+"""Training X-Dyna (X-Dyna §3.4) on `anima.training.train_loop`: ``anima train xdyna``.
 
 Two stages, as the paper trains them:
 
@@ -14,85 +14,92 @@ sampler's own (`XDynaPipeline.predict_noise`): the clean reference latent as fra
 same timestep, skipped by the motion modules, zero ControlNet residuals for it. The prompt is
 empty, as in the release. Latents are posterior samples times the VAE scaling factor.
 
-Randomness and resume follow `anima.methods.levitor.train`: every draw of a step comes from
-generators seeded by ``(seed, step, process, stream)``, so resuming from ``checkpoint-k``
-continues bit-exactly. The output is a weights directory the ``xdyna`` method loads:
-``out/xdyna/adapter``, ``out/xdyna/pose_controlnet``, ``out/motion-adapter`` (stage 1) and
-``out/xdyna/face_controlnet`` (stage 2), plus ``train_config.json`` and ``log.jsonl``.
+Randomness and resume are the loop's: every draw of micro-batch ``i`` comes from generators
+seeded by ``(seed, i + 1, process, stream)`` (`XDynaTrainer`), so resuming from
+``checkpoint-k`` continues bit-exactly, and ``log.jsonl`` holds each step once. The output is a
+weights directory the ``xdyna`` method loads: ``out/xdyna/adapter``,
+``out/xdyna/pose_controlnet``, ``out/motion-adapter`` (stage 1) and ``out/xdyna/face_controlnet``
+(stage 2), plus ``train_config.json`` and ``log.jsonl``.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from anima.errors import InputError
 from anima.io import atomic_dir
-from anima.methods.levitor.train import list_checkpoints, resolve_resume, step_generator
-from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.methods.xdyna.dataset import XDynaBatch, XDynaDataset
-from anima.methods.xdyna.pipeline import XDynaPipeline
 from anima.methods.xdyna.reference_frame import motion_modules
 from anima.training import (
-    CHECKPOINT_PREFIX,
-    CONFIG_FILE,
-    LOG_FILE,
-    STATE_FILE,
+    SIZE_FLAG,
+    Flag,
+    LoopConfig,
+    ProgressCallback,
+    RunConfig,
+    Trainer,
     TrainingSize,
+    list_checkpoints,
     make_accelerator,
-    prune_checkpoints,
-    save_checkpoint,
-    warmup_lr,
-    write_json,
+    resolve_resume,
+    start_run,
+    step_generator,
+    train_loop,
 )
 from anima.weights import Weights
 
+if TYPE_CHECKING:
+    from anima.methods.xdyna.pipeline import XDynaPipeline
+
 DATA_STREAM, NOISE_STREAM = 0, 1
 Stage = Literal["motion", "face"]
-ProgressCallback = Callable[[int, int, float], None]
 
 
-class XDynaTrainConfig(BaseModel):
-    """Settings of an X-Dyna training stage (defaults: the paper's where it gives them)."""
+class XDynaTrainConfig(RunConfig):
+    """Settings of an X-Dyna training stage (defaults: the paper's where it gives them). Fields
+    with a `Flag` are ``anima train xdyna`` options."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path = Field(description="Toy-world style dataset directory.")
-    out: Path = Field(description="Output: a weights directory, checkpoints, log.")
-    stage: Stage = Field("motion", description="motion (stage 1) or face (stage 2).")
-    init: Path | None = Field(None, description="Start from this weights directory (stage 2).")
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(1, ge=1)
-    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (paper: 1e-5).")
-    lr_warmup_steps: int = Field(0, ge=0)
-    adam_weight_decay: float = Field(1e-2, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    size: TrainingSize = Field((896, 512), description="(H, W), multiples of 8.")
-    num_frames: int = Field(16, ge=1, description="Generated frames a sample (paper: 16).")
-    scene_prob: float = Field(
-        0.5, ge=0, le=1, description="Share of scene clips with blank conditions (fusion)."
+    data: Annotated[Path, Flag()] = Field(
+        description="Clips: DATA/<clip>/frames/ (+ keypoints.json)."
     )
-    checkpoint_every: int = Field(500, ge=1)
-    checkpoints_total_limit: int | None = Field(None, ge=1)
-    resume: str | None = Field(None, description="Checkpoint directory, 'latest', or None.")
-    seed: int = Field(0, ge=0, lt=2**63)
-    log_every: int = Field(10, ge=1)
-    quiet: bool = False
+    out: Annotated[Path, Flag()] = Field(
+        description="Output weights directory (+ log, checkpoints)."
+    )
+    stage: Annotated[Stage, Flag()] = Field(
+        "motion", description="motion: adapter + pose ControlNet + motion module; face."
+    )
+    init: Annotated[Path | None, Flag()] = Field(
+        None, description="Weights directory to start from (stage face: stage 1)."
+    )
+    steps: Annotated[int, Flag()] = Field(1000, ge=1, description="Optimizer steps.")
+    batch_size: Annotated[int, Flag()] = Field(1, ge=1, description="Clips per step.")
+    lr: Annotated[float, Flag()] = Field(
+        1e-5, gt=0, description="AdamW learning rate (paper: 1e-5)."
+    )
+    lr_warmup_steps: Annotated[int, Flag()] = Field(0, ge=0, description="Linear warm-up steps.")
+    size: Annotated[TrainingSize, SIZE_FLAG] = Field(
+        (896, 512), description="Training size (multiples of 8)."
+    )
+    num_frames: Annotated[int, Flag("--frames")] = Field(
+        16, ge=1, description="Generated frames per sample (paper: 16)."
+    )
+    scene_prob: Annotated[float, Flag()] = Field(
+        0.5, ge=0, le=1, description="Share of scene clips with blank conditions."
+    )
 
 
 @dataclass
 class XDynaTrainResult:
+    """What a `train_xdyna` call did: the step it resumed from, the last step, the loss of
+    every step it ran, the weights directory, the checkpoints it wrote, the loop's seconds."""
+
     start_step: int
     step: int
     losses: list[float]
@@ -101,21 +108,17 @@ class XDynaTrainResult:
     seconds: float = 0.0
 
 
-class Trainables(nn.Module):
-    """The modules a stage trains, under one module for accelerate (shared, not copied)."""
-
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
-        super().__init__()
-        self.parts = nn.ModuleDict(modules)
-
-
-def load_components(weights: Weights, init: Path | None, stage: Stage) -> dict[str, Any]:
+def load_components(
+    weights: Weights, init: Path | None, stage: Stage, seed: int = 0
+) -> dict[str, Any]:
     """Frozen SD parts plus the X-Dyna parts to train: from ``init`` (a weights directory, e.g.
     a stage-1 output) or the weights directory where present, else fresh: the adapter from the
     UNet (§3.2), ControlNets made from the SD UNet with zero convs (pose: 3 input channels,
-    face: 6). With ``tiny`` the parts start fresh (not the smoke test's random ones)."""
+    face: 6; their condition stems drawn from ``seed``). With ``tiny`` the parts start fresh
+    (not the smoke test's random ones)."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
+    from anima.methods.xdyna.adapter import DynamicsAdapter
     from anima.methods.xdyna.loading import (
         check_adapter_layers,
         load_sd_components,
@@ -124,6 +127,7 @@ def load_components(weights: Weights, init: Path | None, stage: Stage) -> dict[s
     )
     from anima.methods.xdyna.method import SD15
     from anima.models.loading import load_model
+    from anima.models.tiny import seeded
     from anima.models.tiny_sd import tiny_sd_unet
 
     none = {"adapter": None, "pose_controlnet": None, "face_controlnet": None}
@@ -148,9 +152,10 @@ def load_components(weights: Weights, init: Path | None, stage: Stage) -> dict[s
         else:
             folder = weights.require(SD15, "xdyna training") / "unet"
             spatial = load_model(UNet2DConditionModel, folder, "SD1.5 UNet", weights.allow_pickle)
-        for key in missing:
-            channels = 3 if key == "pose_controlnet" else 6
-            components[key] = ControlNetModel.from_unet(spatial, conditioning_channels=channels)
+        with seeded(seed):  # the stems are random: drawn from the run's seed, not the process
+            for key in missing:
+                channels = 3 if key == "pose_controlnet" else 6
+                components[key] = ControlNetModel.from_unet(spatial, conditioning_channels=channels)
     check_adapter_layers(components["adapter"], unet, "--init")
     return components
 
@@ -162,27 +167,29 @@ def xdyna_loss(
     generator: torch.Generator,
     use_face: bool,
 ) -> Tensor:
-    """Epsilon MSE of one batch (see the module docstring); random draws from ``generator``."""
+    """Epsilon MSE of one batch (see the module docstring) on the VAE's device; random draws
+    from ``generator`` (a CPU generator)."""
     vae, scheduler = pipe.vae, pipe.scheduler
-    frames = batch.frames
+    device = vae.device
+    frames = batch.frames.to(device)
     b, f = frames.shape[:2]
     with torch.no_grad():
-        flat = torch.cat([batch.reference, frames.flatten(0, 1)]) * 2.0 - 1.0
+        flat = torch.cat([batch.reference.to(device), frames.flatten(0, 1)]) * 2.0 - 1.0
         dist = vae.encode(flat.to(vae.dtype)).latent_dist
-        eps_post = torch.randn(dist.mean.shape, generator=generator)
+        eps_post = torch.randn(dist.mean.shape, generator=generator).to(device)
         latents = (dist.mean + dist.std * eps_post) * vae.config.scaling_factor
     reference = latents[:b]
     z0 = latents[b:].reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
-    t = torch.randint(scheduler.config.num_train_timesteps, (b,), generator=generator)
-    noise = torch.randn(z0.shape, generator=generator)
+    t = torch.randint(scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+    noise = torch.randn(z0.shape, generator=generator).to(device)
     noisy = scheduler.add_noise(z0, noise, t)
     prediction = pipe.predict_noise(
         noisy,
         reference,
         t,
         text.expand(b, -1, -1),
-        batch.pose,
-        batch.face if use_face else None,
+        batch.pose.to(device),
+        batch.face.to(device) if use_face else None,
     )
     return torch.mean((prediction.float() - noise) ** 2)
 
@@ -205,12 +212,47 @@ def _write_outputs(pipe: XDynaPipeline, out: Path, stage: Stage) -> None:
             save(tmp)
 
 
+class XDynaTrainer(Trainer):
+    """A stage's trained parts, its micro-batches and `xdyna_loss`, for
+    `anima.training.train_loop`. Micro-batch ``i`` draws its clips and its noise from the
+    generators of index ``i + 1`` (the numbering of the first release of this trainer, kept so
+    that runs reproduce)."""
+
+    def __init__(
+        self,
+        config: XDynaTrainConfig,
+        dataset: XDynaDataset,
+        pipe: XDynaPipeline,
+        trained: dict[str, nn.Module],
+        text: Tensor,
+    ) -> None:
+        self.config, self.dataset, self.pipe = config, dataset, pipe
+        self.trained, self.text = trained, text
+
+    def modules(self) -> dict[str, nn.Module]:
+        return self.trained
+
+    def batch(self, index: int, process: int) -> XDynaBatch:
+        config = self.config
+        generator = step_generator(config.seed, index + 1, process, DATA_STREAM)
+        return self.dataset.sample_batch(generator, config.batch_size, config.scene_prob)
+
+    def loss(
+        self, modules: Mapping[str, nn.Module], batch: XDynaBatch, index: int, process: int
+    ) -> Tensor:
+        generator = step_generator(self.config.seed, index + 1, process, NOISE_STREAM)
+        use_face = self.config.stage == "face"
+        return xdyna_loss(self.pipe, batch, self.text, generator, use_face=use_face)
+
+
 def train_xdyna(
     config: XDynaTrainConfig,
     weights: Weights,
     on_progress: ProgressCallback | None = None,
 ) -> XDynaTrainResult:
     """Run one training stage; see the module docstring."""
+    from anima.methods.xdyna.pipeline import XDynaPipeline
+
     out = Path(config.out)
     dataset = XDynaDataset(config.data, config.num_frames, config.size)
     resume_dir = resolve_resume(config.resume, out)
@@ -221,9 +263,10 @@ def train_xdyna(
             str(out),
         )
     accelerator = make_accelerator(out)
-    components = load_components(weights, config.init, config.stage)
+    components = load_components(weights, config.init, config.stage, config.seed)
     pipe = XDynaPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(accelerator.device)
     for model in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.adapter, pipe.pose_controlnet):
         model.requires_grad_(False)
     if pipe.face_controlnet is not None:
@@ -236,92 +279,33 @@ def train_xdyna(
         }
     else:
         trained = {"face_controlnet": pipe.face_controlnet}
-    trainables = Trainables(trained)
-    trainables.requires_grad_(True)
-    trainables.train()
-    params = [p for p in trainables.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.adam_weight_decay)
-    # Prepared so that checkpoints hold the trained parts; the loss runs through the pipeline.
-    _, optimizer = accelerator.prepare(trainables, optimizer)
-    start = 0
-    if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        start = int(json.loads((resume_dir / STATE_FILE).read_text())["step"])
-    is_main = accelerator.is_main_process
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG_FILE, config.model_dump(mode="json"))
-        if start == 0:
-            (out / LOG_FILE).unlink(missing_ok=True)
+    for module in trained.values():
+        module.requires_grad_(True)
+    if accelerator.is_main_process:
+        start_run(out, config.model_dump(mode="json"), fresh=resume_dir is None)
     with torch.no_grad():
         text = pipe.encode_prompt([""])
 
-    process = accelerator.process_index
-    quiet = config.quiet or not sys.stderr.isatty() or not accelerator.is_local_main_process
-    progress = tqdm(total=config.steps, initial=start, disable=quiet, desc="xdyna", unit="step")
-    losses: list[float] = []
-    checkpoints: list[Path] = []
-    interval: list[float] = []
-    began = interval_start = time.perf_counter()
+    loop = LoopConfig(
+        **config.loop_settings(),
+        steps=config.steps,
+        lr=config.lr,
+        lr_warmup_steps=config.lr_warmup_steps,
+        log_fields={"stage": config.stage},
+        desc="xdyna",
+    )
+    trainer = XDynaTrainer(config, dataset, pipe, trained, text)
     with pipe.adapter_context():
-        for step in range(start + 1, config.steps + 1):
-            batch = dataset.sample_batch(
-                step_generator(config.seed, step, process, DATA_STREAM),
-                config.batch_size,
-                config.scene_prob,
-            )
-            generator = step_generator(config.seed, step, process, NOISE_STREAM)
-            loss = xdyna_loss(pipe, batch, text, generator, use_face=config.stage == "face")
-            accelerator.backward(loss)
-            if accelerator.num_processes > 1:  # the loss ran outside the DDP wrapper
-                for p in params:
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, reduction="mean")
-            lr = warmup_lr(config.lr, config.lr_warmup_steps, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if config.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(accelerator.reduce(loss.detach(), reduction="mean"))
-            losses.append(value)
-            interval.append(value)
-            progress.update()
-            progress.set_postfix(loss=f"{value:.4f}")
-            if is_main and on_progress is not None:
-                on_progress(step, config.steps, value)
-            if step % config.log_every == 0 or step == config.steps:
-                now = time.perf_counter()
-                if is_main:
-                    line = {
-                        "stage": config.stage,
-                        "step": step,
-                        "loss": sum(interval) / len(interval),
-                        "lr": lr,
-                        "seconds": (now - interval_start) / len(interval),
-                    }
-                    with open(out / LOG_FILE, "a") as log:
-                        log.write(json.dumps(line) + "\n")
-                interval, interval_start = [], now
-            if step % config.checkpoint_every == 0:
-                final = save_checkpoint(
-                    accelerator,
-                    out / f"{CHECKPOINT_PREFIX}{step}",
-                    {"step": step, "seed": config.seed, "stage": config.stage},
-                )
-                checkpoints.append(final)
-                if is_main:
-                    prune_checkpoints(list_checkpoints(out), config.checkpoints_total_limit)
-    progress.close()
-    seconds = time.perf_counter() - began
-    accelerator.wait_for_everyone()
-    if is_main:
+        result = train_loop(accelerator, trainer, loop, resume_dir, on_progress)
+    if accelerator.is_main_process:
         _write_outputs(pipe, out, config.stage)
         if config.stage == "face" and config.init is not None:
             _copy_missing(Path(config.init), out)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
-    return XDynaTrainResult(start, config.steps, losses, out, checkpoints, seconds)
+    return XDynaTrainResult(
+        result.start_step, result.step, result.losses, out, result.checkpoints, result.seconds
+    )
 
 
 def _copy_missing(init: Path, out: Path) -> None:
