@@ -16,7 +16,13 @@ from safetensors.torch import load_file
 from anima.cli import main
 from anima.errors import InputError
 from anima.methods.levitor.pipeline import LeviTorPipeline
-from anima.methods.svd_base.train import (
+from anima.models.loading import load_svd_components
+from anima.models.svd_controlnet import SVDControlNetModel
+from anima.models.tiny import stem_channels, vae_scale_factor
+from anima.training import loss_history
+from anima.training.edm import StepNoise
+from anima.world.clip import WorldConfig
+from anima.world.svd_base.train import (
     BaseTrainConfig,
     FramesDataset,
     build_pipeline,
@@ -26,12 +32,6 @@ from anima.methods.svd_base.train import (
     train_svd_base,
     vae_loss,
 )
-from anima.models.loading import load_svd_components
-from anima.models.svd_controlnet import SVDControlNetModel
-from anima.models.tiny import stem_channels, vae_scale_factor
-from anima.training import loss_history
-from anima.training.edm import StepNoise
-from anima.world.clip import WorldConfig
 from anima.world.writer import write_world
 
 FRAMES = 4

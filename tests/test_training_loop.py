@@ -25,7 +25,6 @@ from anima.cli import main
 from anima.cli_train import train_app
 from anima.errors import InputError
 from anima.methods.levitor.train import TrainConfig
-from anima.methods.svd_base.train import BaseTrainConfig
 from anima.methods.xdyna.train import XDynaTrainConfig
 from anima.training import (
     LoopConfig,
@@ -36,6 +35,7 @@ from anima.training import (
     make_accelerator,
     train_loop,
 )
+from anima.world.svd_base.train import BaseTrainConfig
 
 TESTS = Path(__file__).parent
 ROWS = torch.randn(4096, 4, generator=torch.Generator().manual_seed(0))

@@ -1,7 +1,7 @@
 """``anima train ...``: training commands (a typer sub-app, added to `anima.cli` as ``train``).
 
 ``anima train svd-base --data DIR --out DIR [options]`` trains a tiny SVD base model
-(`anima.methods.svd_base.train`); ``anima train levitor --data DIR --out DIR [options]`` trains
+(`anima.world.svd_base.train`); ``anima train levitor --data DIR --out DIR [options]`` trains
 the LeviTor ControlNet (`anima.methods.levitor.train`); ``anima train xdyna ...`` trains
 X-Dyna (`anima.methods.xdyna.train`). The same commands run unchanged under ``accelerate
 launch`` on several GPUs and ``torchrun`` on several CPU processes.
@@ -29,10 +29,10 @@ from rich.console import Console
 
 from anima.errors import InputError
 from anima.methods.levitor.train import TrainConfig
-from anima.methods.svd_base.train import BaseTrainConfig
 from anima.methods.xdyna.train import XDynaTrainConfig
 from anima.training import RunConfig, field_flag
 from anima.weights import Weights
+from anima.world.svd_base.train import BaseTrainConfig
 
 train_app = typer.Typer(
     rich_markup_mode=None, help="Train a method's networks.", no_args_is_help=True
@@ -218,7 +218,7 @@ config_command(
 
 
 def _svd_base(config: BaseTrainConfig) -> None:
-    from anima.methods.svd_base.train import train_svd_base
+    from anima.world.svd_base.train import train_svd_base
 
     result = train_svd_base(config)
     assert result is not None  # only a test's stop_after ends a run early

@@ -107,7 +107,7 @@ def tiny_svd_vae(
 ) -> AutoencoderKLTemporalDecoder:
     """An `AutoencoderKLTemporalDecoder` with one level per entry of ``block_out_channels``
     (n levels downsample 2^(n-1)x). The default, four 32-channel levels, is 8x like SVD's VAE;
-    the toy models use three (4x), see `anima.methods.svd_base.train`."""
+    the toy models use three (4x), see `anima.world.svd_base.train`."""
     with seeded(seed):
         return AutoencoderKLTemporalDecoder(
             in_channels=3,

@@ -1,2 +1,2 @@
 """A tiny Stable Video Diffusion base model trained from scratch on toy clips
-(`anima.methods.svd_base.train`, ``anima train svd-base``)."""
+(`anima.world.svd_base.train`, ``anima train svd-base``)."""
