@@ -1,7 +1,7 @@
 """The one data flow every entry point runs: MotionSpec -> Scene -> method.prepare -> generate.
 
 The CLI, the studio and the Python API call `animate`; `write_dump` writes the intermediate truth
-(`--dump DIR`) in the layout DESIGN.md's CLI contract fixes.
+(`--dump DIR`) in the layout the README's CLI section fixes.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def write_dump(directory: Path, result: AnimateResult, staging: Staging | None =
 
 def write_dump_files(folder: Path, result: AnimateResult) -> None:
     """frames/, render/{rgb,depth,instance,visible}/, render/depth.npy, controls.json and
-    spec.resolved.json, written into ``folder`` (the layout of DESIGN.md's CLI contract)."""
+    spec.resolved.json, written into ``folder`` (the layout the README's CLI section fixes)."""
     folder.mkdir(parents=True, exist_ok=True)
     for f, frame in enumerate(result.frames):
         write_png(folder / "frames" / f"{f:04d}.png", frame)

@@ -1,4 +1,4 @@
-"""Scene: the input image lifted to 3D (DESIGN.md, "One data flow").
+"""Scene: the input image lifted to 3D (docs/architecture.md, "Data flow").
 
 A `Scene` holds the image at the working size, a per-pixel distance map, the instance map of the
 selected objects (0 = background) and the camera intrinsics. `build_scene` validates everything

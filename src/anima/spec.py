@@ -1,4 +1,6 @@
-"""MotionSpec: the one user-facing description of an animation (DESIGN.md, "One data flow").
+"""MotionSpec: the one user-facing description of an animation.
+
+(docs/architecture.md, "Data flow")
 
 A MotionSpec is a versioned JSON document. Every method reads it; the CLI, the studio and the
 Python API produce and consume it. Unknown fields are rejected, and every validation error is

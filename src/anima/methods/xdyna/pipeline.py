@@ -1,7 +1,7 @@
 """`XDynaPipeline`: a human image driven by pose and face conditions (X-Dyna, "X-Dyna:
 Expressive Dynamic Human Image Animation").
 
-Components (REFERENCE.md, "X-Dyna"): a frozen SD1.5 UNet with AnimateDiff motion modules
+Components (as in the authors' release): a frozen SD1.5 UNet with AnimateDiff motion modules
 (`UNetMotionModel`), the `DynamicsAdapter` (§3.2), a pose `ControlNetModel` (3-channel
 skeleton without head) and an optional S-Face `ControlNetModel` (6 channels: eye and mouth
 patches + face crop, §3.3) whose residuals are summed, a `DDIMScheduler` with linear betas
