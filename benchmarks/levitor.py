@@ -52,15 +52,9 @@ from diffusers import UNetSpatioTemporalConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from anima.methods.levitor.pipeline import LeviTorPipeline
+from anima.models.svd import SVD_XT_UNET_CONFIG, clip_feature_extractor, svd_scheduler
 from anima.models.svd_controlnet import SVDControlNetModel
-from anima.models.tiny import (
-    SVD_XT_UNET_CONFIG,
-    clip_feature_extractor,
-    svd_scheduler,
-    tiny_clip_image_encoder,
-    tiny_svd_unet,
-    tiny_svd_vae,
-)
+from anima.models.tiny import tiny_clip_image_encoder, tiny_svd_unet, tiny_svd_vae
 
 MID_CHANNELS = (64, 128, 128)
 FULL_FRAMES, FULL_HEIGHT, FULL_WIDTH = 14, 320, 576

@@ -32,7 +32,8 @@ from anima.attention import (
     resnet_layers,
 )
 from anima.attention.frames import token_grid, windows
-from anima.models.tiny import seeded, tiny_svd_unet
+from anima.models.seeding import seeded
+from anima.models.tiny import tiny_svd_unet
 
 FRAMES = 2
 SIZE = (16, 12)  # latent (H, W), not square on purpose

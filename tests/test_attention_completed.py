@@ -37,7 +37,8 @@ from anima.attention import (
     run_until,
     stop_after,
 )
-from anima.models.tiny import seeded, tiny_svd_unet
+from anima.models.seeding import seeded
+from anima.models.tiny import tiny_svd_unet
 
 SIZE = (16, 12)  # latent (H, W), not square on purpose
 

@@ -38,7 +38,8 @@ from anima.methods.levitor.train import (
     train_levitor,
 )
 from anima.models.loading import load_svd_controlnet
-from anima.models.tiny import svd_scheduler, tiny_svd_unet
+from anima.models.svd import svd_scheduler
+from anima.models.tiny import tiny_svd_unet
 from anima.training import loss_history
 from anima.training.edm import (
     StepNoise,

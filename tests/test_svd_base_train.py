@@ -17,8 +17,8 @@ from anima.cli import main
 from anima.errors import InputError
 from anima.methods.levitor.pipeline import LeviTorPipeline
 from anima.models.loading import load_svd_components
+from anima.models.svd import stem_channels, vae_scale_factor
 from anima.models.svd_controlnet import SVDControlNetModel
-from anima.models.tiny import stem_channels, vae_scale_factor
 from anima.training import loss_history
 from anima.training.edm import StepNoise
 from anima.world.clip import WorldConfig

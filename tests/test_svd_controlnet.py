@@ -9,8 +9,9 @@ import pytest
 import torch
 from accelerate import init_empty_weights
 
+from anima.models.svd import SVD_XT_UNET_CONFIG
 from anima.models.svd_controlnet import SVDControlNetModel
-from anima.models.tiny import SVD_XT_UNET_CONFIG, tiny_controlnet, tiny_svd_unet
+from anima.models.tiny import tiny_controlnet, tiny_svd_unet
 from anima.models.unet_residuals import num_skips, unet_residuals
 
 DATA = Path(__file__).parent / "data"

@@ -16,7 +16,8 @@ from anima.methods.xdyna.convert import release_ip_names
 from anima.methods.xdyna.loading import load_xdyna_components
 from anima.methods.xdyna.pipeline import XDynaPipeline
 from anima.models.ip_adapter import IMAGE_PROJ, IP_ADAPTER, ip_processors, read_ip_adapter
-from anima.models.tiny import seeded, tiny_clip_image_encoder
+from anima.models.seeding import seeded
+from anima.models.tiny import tiny_clip_image_encoder
 from anima.models.tiny_sd import (
     TINY_BLOCK_CHANNELS,
     tiny_ip_adapter_state,

@@ -24,8 +24,8 @@ from transformers import CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
 from anima.errors import InputError
+from anima.models.svd import CLIPProcessor
 from anima.models.svd_controlnet import SVDControlNetModel
-from anima.models.tiny import CLIPProcessor
 from anima.weights import checkpoint_format
 
 #: Sub-folders of a diffusers SVD pipeline directory, the class of each, and what it is.

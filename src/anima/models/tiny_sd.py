@@ -37,7 +37,9 @@ from anima.models.ip_adapter import (
     load_into_unet,
     resampler_shapes,
 )
-from anima.models.tiny import clip_feature_extractor, seeded, tiny_clip_image_encoder
+from anima.models.seeding import seeded
+from anima.models.svd import clip_feature_extractor
+from anima.models.tiny import tiny_clip_image_encoder
 
 #: X-Dyna's sampler (the authors' release): DDIM with linear betas 0.00085-0.012.
 XDYNA_SCHEDULER_CONFIG = {

@@ -23,6 +23,7 @@ from anima.methods.base import Controls, Method
 from anima.methods.levitor.controls import ControlPoints, control_signal
 from anima.methods.registry import register
 from anima.render import render
+from anima.sampling.steps import step_reporter
 from anima.scene import Scene
 from anima.spec import MotionSpec
 from anima.weights import SVD, Component, Weights
@@ -148,10 +149,6 @@ class LeviTorMethod(Method):
         pipe.set_progress_bar_config(disable=True)  # progress goes through self.report
         steps = options.num_inference_steps
 
-        def on_step(pipe, step: int, t, tensors: dict) -> dict:
-            self.report(f"generating with levitor: step {step + 1}/{steps}")
-            return tensors
-
         if options.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
@@ -172,7 +169,7 @@ class LeviTorMethod(Method):
             decode_chunk_size=options.decode_chunk_size,
             sequential_cfg=options.sequential_cfg,
             generator=torch.Generator(device="cpu").manual_seed(controls.spec.seed),
-            callback_on_step_end=on_step,
+            callback_on_step_end=step_reporter(self.report, self.name, steps),
         )
         if tuple(frames.shape[-2:]) != controls.scene.size:
             frames = F.interpolate(frames.float(), size=controls.scene.size, mode="bilinear")

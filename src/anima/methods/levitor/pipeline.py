@@ -21,9 +21,6 @@ must be multiples of 8 (the VAE and the ControlNet stem downsample 8x).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import PIL.Image
 import torch
 from diffusers import (
@@ -39,14 +36,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 from transformers import CLIPVisionModelWithProjection
 
+from anima.models.svd import CLIPProcessor
 from anima.models.svd_controlnet import SVDControlNetModel
-from anima.models.tiny import CLIPProcessor
 from anima.models.unet_residuals import unet_residuals
+from anima.sampling.steps import StepCallback
 
 #: SVD's CLIP image encoder input side.
 CLIP_SIDE = 224
-
-StepCallback = Callable[[Any, int, Tensor, dict[str, Tensor]], dict[str, Tensor]]
 
 
 class LeviTorPipeline(StableVideoDiffusionPipeline):

@@ -381,7 +381,8 @@ def initial_controlnet(
     from anima.models.svd_controlnet import SVDControlNetModel
 
     if init is None:
-        from anima.models.tiny import seeded, stem_channels
+        from anima.models.seeding import seeded
+        from anima.models.svd import stem_channels
 
         with seeded(seed):
             return SVDControlNetModel.from_unet(
@@ -525,7 +526,7 @@ def train_levitor(
             "tiny")`` trains on tiny random models.
         on_progress: called on the main process after every step as ``(step, steps, loss)``.
     """
-    from anima.models.tiny import vae_scale_factor
+    from anima.models.svd import vae_scale_factor
 
     weights = weights or Weights()
     out = Path(config.out)

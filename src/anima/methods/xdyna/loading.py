@@ -24,7 +24,7 @@ from anima.errors import InputError
 from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.models.ip_adapter import check_ip_adapter, load_into_unet, read_ip_adapter
 from anima.models.loading import load_model
-from anima.models.tiny import clip_feature_extractor
+from anima.models.svd import clip_feature_extractor
 from anima.models.tiny_sd import (
     motion_unet,
     randomise_zero_convs,

@@ -46,6 +46,7 @@ from anima.methods.xdyna.align import Alignment, align_to_reference
 from anima.methods.xdyna.face import face_condition_from_keypoints
 from anima.methods.xdyna.keypoints import DrivingKeypoints, load_openpose
 from anima.methods.xdyna.pose_map import pose_maps
+from anima.sampling.steps import step_reporter
 from anima.scene import Scene
 from anima.spec import MotionSpec, PoseDrive
 from anima.weights import Component, Weights
@@ -287,9 +288,6 @@ class XDynaMethod(Method):
             image = F.interpolate(image, size=controls.size, mode="area")
         steps = options.num_inference_steps
 
-        def on_step(step: int, total: int) -> None:
-            self.report(f"generating with xdyna: step {step}/{total}")
-
         frames = pipe(
             image[0].to(self.device, self.dtype),
             controls.pose.to(self.device, self.dtype),
@@ -305,7 +303,7 @@ class XDynaMethod(Method):
             ip_adapter_scale=options.ip_adapter_scale,
             generator=torch.Generator(device="cpu").manual_seed(controls.spec.seed),
             decode_chunk_size=options.decode_chunk_size,
-            on_step=on_step,
+            callback_on_step_end=step_reporter(self.report, self.name, steps),
         )
         if tuple(frames.shape[-2:]) != controls.scene.size:
             frames = F.interpolate(frames.float(), size=controls.scene.size, mode="bilinear")

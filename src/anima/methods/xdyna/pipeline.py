@@ -57,7 +57,7 @@ generation size), both resized to 224 px by the same preprocessing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -84,13 +84,12 @@ from anima.methods.xdyna.reference_frame import (
     with_reference_residuals,
 )
 from anima.models.ip_adapter import ip_adapter_loaded, ip_processors
-from anima.models.tiny import CLIPProcessor
+from anima.models.svd import CLIPProcessor
+from anima.sampling.steps import StepCallback
 from anima.sampling.windows import sliding_windows, windowed_prediction
 
 #: The release's latent blur for the initial latents (torchvision GaussianBlur(9, sigma=18)).
 BLUR_KERNEL, BLUR_SIGMA, BLUR_PROBABILITY = 9, 18.0, 0.5
-
-StepCallback = Callable[[int, int], None]
 
 
 def image_conditioning(image_embeds: Tensor | None) -> dict[str, Any] | None:
@@ -527,13 +526,15 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
         face_scale: float = 1.0,
         generator: torch.Generator | None = None,
         decode_chunk_size: int = 8,
-        on_step: StepCallback | None = None,
+        callback_on_step_end: StepCallback | None = None,
         cache_reference: bool = True,
         ip_adapter_scale: float = 1.0,
     ) -> Tensor:
         """Animate ``image`` (3, H, W) in [0, 1] with ``pose_images`` (F, 3, H, W) and
         optional ``face_images`` (F, 6, H, W), both in [0, 1] at the image's size (H and W
-        multiples of 8). Returns the F generated frames (F, 3, H, W) in [0, 1].
+        multiples of 8). Returns the F generated frames (F, 3, H, W) in [0, 1]. After each
+        step ``callback_on_step_end`` (`anima.sampling.steps.StepCallback`) may replace the
+        latents, as in diffusers.
 
         With an IP-Adapter in the UNet, ``image`` also gives image tokens to every UNet pass,
         their attention weighted by ``ip_adapter_scale`` (the release: 1; ignored without an
@@ -585,8 +586,9 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
                     noise = uncond + guidance_scale * (cond - uncond)
                 latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
                 progress.update()
-                if on_step is not None:
-                    on_step(i + 1, len(timesteps))
+                if callback_on_step_end is not None:
+                    outputs = callback_on_step_end(self, i, t, {"latents": latents})
+                    latents = outputs.get("latents", latents)
         frames = self.decode(latents, decode_chunk_size)
         self.maybe_free_model_hooks()
         return frames

@@ -127,7 +127,7 @@ def load_components(
     )
     from anima.methods.xdyna.method import SD15
     from anima.models.loading import load_model
-    from anima.models.tiny import seeded
+    from anima.models.seeding import seeded
     from anima.models.tiny_sd import tiny_sd_unet
 
     none = {"adapter": None, "pose_controlnet": None, "face_controlnet": None}

@@ -269,13 +269,13 @@ def build_pipeline(vae: Any, image_encoder: Any, unet: Any) -> Any:
     """A `LeviTorPipeline` around the models (its conditioning code; the ControlNet slot is a
     zero ControlNet that is never called in training)."""
     from anima.methods.levitor.pipeline import LeviTorPipeline
-    from anima.models.svd_controlnet import SVDControlNetModel
-    from anima.models.tiny import (
+    from anima.models.svd import (
         clip_feature_extractor,
         stem_channels,
         svd_scheduler,
         vae_scale_factor,
     )
+    from anima.models.svd_controlnet import SVDControlNetModel
 
     with torch.random.fork_rng(devices=[]):
         controlnet = SVDControlNetModel.from_unet(
@@ -401,7 +401,7 @@ class VaeTrainer(Trainer):
     def loss(
         self, modules: Mapping[str, nn.Module], batch: Tensor, index: int, process: int
     ) -> dict[str, Tensor]:
-        from anima.models.tiny import vae_scale_factor
+        from anima.models.svd import vae_scale_factor
 
         config, vae = self.config, modules["vae"]
         scale = vae_scale_factor(vae)
@@ -438,7 +438,7 @@ class UnetTrainer(Trainer):
     def loss(
         self, modules: Mapping[str, nn.Module], batch: Tensor, index: int, process: int
     ) -> Tensor:
-        from anima.models.tiny import vae_scale_factor
+        from anima.models.svd import vae_scale_factor
 
         config = self.config
         generator = step_generator(config.seed, index, process, STREAMS["unet"][1])
@@ -633,7 +633,7 @@ def train_svd_base(
     if accelerator.is_main_process:
         from diffusers import StableVideoDiffusionPipeline
 
-        from anima.models.tiny import clip_feature_extractor, svd_scheduler
+        from anima.models.svd import clip_feature_extractor, svd_scheduler
 
         svd = StableVideoDiffusionPipeline(
             vae=vae,
