@@ -12,9 +12,9 @@ from diffusers import StableDiffusionPipeline
 
 from anima.cli import main
 from anima.io import read_video
+from anima.methods.xdyna import load_pipeline
 from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.methods.xdyna.keypoints import load_openpose, save_openpose
-from anima.methods.xdyna.method import load_pipeline
 from anima.models.ip_adapter import save_ip_adapter
 from anima.models.tiny import tiny_clip_image_encoder
 from anima.models.tiny_sd import (

@@ -13,7 +13,7 @@ from anima.weights import Weights
 _BUILTIN = {
     "coarse": "anima.methods.coarse",
     "levitor": "anima.methods.levitor",
-    "xdyna": "anima.methods.xdyna.method",
+    "xdyna": "anima.methods.xdyna",
 }
 _REGISTRY: dict[str, type[Method]] = {}
 

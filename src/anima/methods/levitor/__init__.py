@@ -21,20 +21,13 @@ from anima.animation import build_animation
 from anima.errors import InputError
 from anima.methods.base import Controls, Method
 from anima.methods.levitor.controls import ControlPoints, control_signal
+from anima.methods.levitor.loading import LEVITOR_CONTROLNET, load_components
 from anima.methods.registry import register
 from anima.render import render
 from anima.sampling.steps import step_reporter
 from anima.scene import Scene
 from anima.spec import MotionSpec
-from anima.weights import SVD, Component, Weights
-
-LEVITOR_CONTROLNET = Component(
-    "LeviTor ControlNet",
-    "levitor",
-    "LeviTor ControlNet (ours, or the official release's accelerate state dir)",
-    required_files=("config.json",),
-    layouts=("", "controlnet"),
-)
+from anima.weights import SVD, Weights
 
 
 class LeviTorOptions(BaseModel):
@@ -92,25 +85,11 @@ def generation_size(size: tuple[int, int], max_side: int | None = None) -> tuple
 
 @functools.lru_cache(maxsize=1)
 def load_pipeline(weights: Weights, device: torch.device, dtype: torch.dtype):
-    """`LeviTorPipeline` from ``DIR/svd`` + ``DIR/levitor``, or tiny random models. The last
-    one loaded is kept, so many specs in one run load the models once."""
+    """`LeviTorPipeline` from `loading.load_components` (``DIR/svd`` + ``DIR/levitor``, or tiny
+    random models). The last one loaded is kept, so many specs in one run load the models once."""
     from anima.methods.levitor.pipeline import LeviTorPipeline
-    from anima.models.loading import load_svd_components, load_svd_controlnet
-    from anima.models.tiny import tiny_controlnet, tiny_svd_components
 
-    if weights.builtin == "tiny":
-        components = tiny_svd_components(seed=0)
-        controlnet = tiny_controlnet(components["unet"], seed=0, random_output=True)
-        pipe = LeviTorPipeline(**components, controlnet=controlnet)
-        if dtype != torch.float32:
-            pipe.to(dtype=dtype)
-    else:
-        svd_dir = weights.require(SVD, "levitor")
-        controlnet_dir = weights.require(LEVITOR_CONTROLNET, "levitor")
-        components = load_svd_components(svd_dir, weights.allow_pickle, dtype)
-        controlnet = load_svd_controlnet(controlnet_dir, weights.allow_pickle, dtype)
-        pipe = LeviTorPipeline(**components, controlnet=controlnet)
-    return pipe
+    return LeviTorPipeline(**load_components(weights, dtype))
 
 
 @register

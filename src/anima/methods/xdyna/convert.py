@@ -79,7 +79,7 @@ MOTION_MAX_SEQ_LENGTH = 24
 #: Largest difference allowed between a release ``pos_encoder.pe`` and diffusers' sinusoid.
 PE_TOLERANCE = 1e-4
 
-#: Output folders under ``DIR`` (`anima.methods.xdyna.method`'s components).
+#: Output folders under ``DIR`` (`anima.methods.xdyna`'s components).
 MOTION_DIR = "motion-adapter"
 ADAPTER_DIR = "xdyna/adapter"
 POSE_DIR = "xdyna/pose_controlnet"

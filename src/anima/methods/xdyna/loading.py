@@ -1,7 +1,7 @@
 """The `XDynaPipeline` components: from a weights directory, or tiny random ones.
 
 The IP-Adapter-Plus is optional: `load_ip_adapter` loads ``DIR/ip-adapter/`` when the folder is
-there (the layout in `anima.methods.xdyna.method`), checked key by key
+there (the layout in `anima.methods.xdyna`), checked key by key
 (`anima.models.ip_adapter`) before diffusers loads it into the UNet; ``tiny_xdyna_components``
 adds a tiny random one on request.
 """
@@ -77,7 +77,7 @@ def tiny_xdyna_components(seed: int = 0, ip_adapter: bool = False) -> dict[str, 
 def load_sd_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
     """The frozen parts: SD1.5 (``DIR/sd15``) with the motion modules (``DIR/motion-adapter``)
     as a `UNetMotionModel`, and the release's DDIM scheduler."""
-    from anima.methods.xdyna.method import MOTION_ADAPTER, SD15
+    from anima.methods.xdyna import MOTION_ADAPTER, SD15
 
     pickle = weights.allow_pickle
     sd = weights.require(SD15, "xdyna")
@@ -106,7 +106,7 @@ def load_sd_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
 def load_xdyna_parts(weights: Weights, dtype: torch.dtype, required: bool = True) -> dict[str, Any]:
     """The X-Dyna parts from ``DIR/xdyna/*``: adapter, pose and face ControlNets. Absent parts
     are errors when ``required`` (the face ControlNet is always optional), else None."""
-    from anima.methods.xdyna.method import XDYNA_ADAPTER, XDYNA_FACE, XDYNA_POSE
+    from anima.methods.xdyna import XDYNA_ADAPTER, XDYNA_FACE, XDYNA_POSE
 
     parts: dict[str, Any] = {}
     specs = (
@@ -137,7 +137,7 @@ def check_adapter_layers(adapter: DynamicsAdapter, unet: Any, where: str) -> Non
 def ip_adapter_file(folder: Path, allow_pickle: bool) -> Path:
     """The IP-Adapter checkpoint in ``folder``: the safetensors file, else (with
     ``allow_pickle``) IP-Adapter's own ``.bin`` under the same name."""
-    from anima.methods.xdyna.method import IP_ADAPTER_WEIGHTS
+    from anima.methods.xdyna import IP_ADAPTER_WEIGHTS
 
     safe = folder / IP_ADAPTER_WEIGHTS
     pickled = safe.with_suffix(".bin")
@@ -158,7 +158,7 @@ def load_ip_adapter(weights: Weights, unet: Any, dtype: torch.dtype) -> dict[str
     encoder width); returns the ``image_encoder`` and ``feature_extractor`` components (both
     None without the folder). The release preprocesses with ``CLIPImageProcessor()``'s
     defaults (224 px, CLIP mean and std): `clip_feature_extractor`."""
-    from anima.methods.xdyna.method import IMAGE_ENCODER_DIR, XDYNA_IP_ADAPTER
+    from anima.methods.xdyna import IMAGE_ENCODER_DIR, XDYNA_IP_ADAPTER
 
     folder = None if weights.root is None else weights.root / XDYNA_IP_ADAPTER.subdir
     if folder is None or not folder.is_dir():
@@ -179,7 +179,19 @@ def load_ip_adapter(weights: Weights, unet: Any, dtype: torch.dtype) -> dict[str
 
 def load_xdyna_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
     """Every `XDynaPipeline` component from a weights directory (module docstring of
-    `anima.methods.xdyna.method`)."""
+    `anima.methods.xdyna`)."""
     components = load_sd_components(weights, dtype) | load_xdyna_parts(weights, dtype)
     check_adapter_layers(components["adapter"], components["unet"], f"in {weights.root}/xdyna")
     return components | load_ip_adapter(weights, components["unet"], dtype)
+
+
+def load_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
+    """The keyword arguments of `XDynaPipeline`: `load_xdyna_components` from the weights
+    directory, or, with ``--weights tiny``, `tiny_xdyna_components` cast to ``dtype``."""
+    if weights.builtin != "tiny":
+        return load_xdyna_components(weights, dtype)
+    components = tiny_xdyna_components(seed=0)
+    for module in components.values():
+        if isinstance(module, torch.nn.Module) and dtype != torch.float32:
+            module.to(dtype=dtype)
+    return components

@@ -118,6 +118,7 @@ def load_components(
     (not the smoke test's random ones)."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
+    from anima.methods.xdyna import SD15
     from anima.methods.xdyna.adapter import DynamicsAdapter
     from anima.methods.xdyna.loading import (
         check_adapter_layers,
@@ -125,7 +126,6 @@ def load_components(
         load_xdyna_parts,
         tiny_xdyna_components,
     )
-    from anima.methods.xdyna.method import SD15
     from anima.models.loading import load_model
     from anima.models.seeding import seeded
     from anima.models.tiny_sd import tiny_sd_unet
