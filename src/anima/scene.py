@@ -14,8 +14,13 @@ Perception (GrabCut, SAM, the ground-plane prior, Depth Anything) runs at ONE re
 depends only on the source image, never on the working size: the image's own size, reduced to at
 most `PERCEPTION_MAX_PIXELS` (aspect kept) when larger (`perception_size`). Selection coordinates
 (working-size pixels) are scaled into that grid, and the masks and distances found there are
-brought to the working size: masks by nearest neighbour (as mask files are read), distances by a
-linear resize that never mixes the values of different instances (`resize_distance`). Planar
+brought to the working size. Masks go by nearest neighbour (as mask files are read) when the
+working grid is not finer; into a finer one (a photo of more than `PERCEPTION_MAX_PIXELS`, e.g.
+12 megapixels, worked on at its own size) GrabCut and SAM masks are upsampled along the edges of
+the working-size photo with a guided filter (`anima.perception.upsampling.upsample_mask`), so
+their outlines follow the photo's edges instead of a staircase of perception pixels. Distances
+go by a linear resize that never mixes the values of different instances (`resize_distance`):
+the working-size instance map decides which instance's distances each pixel takes. Planar
 distances do not change with the image's resolution at a fixed field of view, so the same spec
 at any ``size`` gives the same scene distances. Mask files and depth files are read at the working
 size as they are (they must have the image's aspect ratio, `anima.io.read_mask`). Polygons are
@@ -41,6 +46,7 @@ from anima.errors import InputError
 from anima.io import has_transparent_pixels, read_depth, read_image, read_mask
 from anima.perception.depth import estimate_distance
 from anima.perception.segmentation import mask_from_box, mask_from_points, mask_from_polygon
+from anima.perception.upsampling import upsample_mask, upsampling_factor
 from anima.spec import MotionSpec, SceneObject
 from anima.weights import DEPTH_ANYTHING, SAM, Weights
 
@@ -140,6 +146,12 @@ class Grids:
             self.perception[0] / self.working[0],
         )
 
+    @property
+    def upsamples(self) -> bool:
+        """Whether the working grid is finer than the perception grid along an axis (the masks
+        found by perception are then brought to it by `upsample_mask`)."""
+        return self.working[0] > self.perception[0] or self.working[1] > self.perception[1]
+
     def box(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         """A box (pixel edges: [x0, x1) covers pixels x0..x1-1) in perception coordinates."""
         sx, sy = self.scale
@@ -218,6 +230,7 @@ def object_mask(
     image: torch.Tensor,
     weights: Weights,
     seen: torch.Tensor | None = None,
+    grown: bool = True,
 ) -> torch.Tensor:
     """The selection mask of ``spec.objects[index]`` in the PERCEPTION grid (`perception_size`
     of the source image): its mask file read at that size, its polygon rasterised there (both
@@ -225,7 +238,27 @@ def object_mask(
     grown by `SELECTION_GROWTH` pixels). ``image`` is the
     working-size image (spec coordinates are in its grid); ``seen`` the source image in the
     perception grid, read from the spec's image when not given. `resize_mask` brings the mask
-    to the working size. Problems are `InputError`s naming ``objects[index]``."""
+    to a working size that is not finer; `build_scene` brings an automatic mask to a finer one
+    along the photo's edges before growing it (`_working_masks`, with ``grown=False``). Problems
+    are `InputError`s naming ``objects[index]``."""
+    found = _found_mask(obj, index, spec, image, weights, seen)
+    return found if _is_exact(obj) or not grown else grow_mask(found, SELECTION_GROWTH)
+
+
+def _is_exact(obj: SceneObject) -> bool:
+    """Whether the selection is exact (a mask file or a polygon: no perception runs)."""
+    return obj.mask is not None or obj.polygon is not None
+
+
+def _found_mask(
+    obj: SceneObject,
+    index: int,
+    spec: MotionSpec,
+    image: torch.Tensor,
+    weights: Weights,
+    seen: torch.Tensor | None,
+) -> torch.Tensor:
+    """`object_mask` before automatic masks (box, points) are grown."""
     where = f"objects[{index}]"
     working = (int(image.shape[-2]), int(image.shape[-1]))
     _check_selection(obj, index, working)
@@ -241,16 +274,14 @@ def object_mask(
     if seen is None:
         seen = _perception_image(path, image, grids)
     if obj.box is not None:
-        found = mask_from_box(seen, grids.box(obj.box))
-    else:
-        assert obj.points is not None
-        found = mask_from_points(
-            seen,
-            grids.points(obj.points),
-            sam_dir=weights.component_dir(SAM),
-            allow_pickle=weights.allow_pickle,
-        )
-    return grow_mask(found, SELECTION_GROWTH)
+        return mask_from_box(seen, grids.box(obj.box))
+    assert obj.points is not None
+    return mask_from_points(
+        seen,
+        grids.points(obj.points),
+        sam_dir=weights.component_dir(SAM),
+        allow_pickle=weights.allow_pickle,
+    )
 
 
 def grow_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -282,6 +313,16 @@ def _resize_values(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(values, (size[1], size[0]), interpolation=method)
 
 
+def _nearest_fill(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``values`` where ``inside``, elsewhere the value of the nearest pixel inside (Euclidean
+    distance transform with the nearest pixel's label, OpenCV's ``DIST_LABEL_PIXEL``: the pixels
+    inside are labelled 1, 2, ... in raster order)."""
+    _, nearest = cv2.distanceTransformWithLabels(
+        (~inside).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    return values[inside][nearest - 1]
+
+
 def resize_distance(
     distance: torch.Tensor, instance: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
@@ -290,9 +331,11 @@ def resize_distance(
     ``instance`` labels ``distance``'s grid, ``target`` the new grid (its shape is the new
     size). Every target pixel of label k gets a linear (or, shrinking, area) resize of the
     distances of label k's pixels only, normalised by their weight, so an object's edge never
-    takes the background's distance; where label k has no nearby source pixel the plain resize
-    is used. Planar distances do not depend on the resolution at a fixed field of view, so the
-    values themselves are kept."""
+    takes the background's distance. Where label k has no nearby source pixel (an edge-aware
+    upsampled mask may reach past the perception grid's one, `upsample_mask`), the resize of
+    label k's distances extended outward from its nearest pixels is used (`_nearest_fill`), so
+    there too the pixel takes its own instance's distance. Planar distances do not depend on
+    the resolution at a fixed field of view, so the values themselves are kept."""
     size = (int(target.shape[0]), int(target.shape[1]))
     if tuple(distance.shape) == size:
         return distance.float()
@@ -301,11 +344,16 @@ def resize_distance(
     labels = instance.numpy()
     wanted = target.numpy()
     for label in np.unique(wanted):
-        inside = (labels == label).astype(np.float32)
+        source = labels == label
+        inside = source.astype(np.float32)
         weight = _resize_values(inside, size)
         total = _resize_values(values * inside, size)
-        take = (wanted == label) & (weight > 1e-3)
+        near = weight > 1e-3
+        take = (wanted == label) & near
         out[take] = total[take] / weight[take]
+        lost = (wanted == label) & ~near
+        if lost.any() and source.any():
+            out[lost] = _resize_values(_nearest_fill(values, source), size)[lost]
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
@@ -360,20 +408,29 @@ def _warn_about_inputs(spec: MotionSpec, image_path: Path) -> None:
 
 
 def _working_masks(
-    spec: MotionSpec, masks: list[torch.Tensor], size: tuple[int, int]
+    spec: MotionSpec, found: list[torch.Tensor], image: torch.Tensor, grids: Grids
 ) -> list[torch.Tensor]:
     """The selection masks at the working size: mask files read at it and polygons rasterised
-    at it (exact selections stay exact), the others resized from the perception grid."""
+    at it (exact selections stay exact), the others brought from the perception grid. ``found``
+    holds the masks as perception found them (automatic ones not yet grown). Into a finer
+    working grid an automatic mask is upsampled along the edges of the working ``image``
+    (`upsample_mask`) and then grown by `SELECTION_GROWTH` perception pixels' worth of working
+    pixels; otherwise it is grown in the perception grid (as `object_mask` returns it) and
+    resized by nearest neighbour (`resize_mask`)."""
+    size = grids.working
     source = source_size(spec.resolve(spec.image))
+    growth = round(SELECTION_GROWTH * upsampling_factor(grids.perception, size))
     out = []
-    for i, (obj, mask) in enumerate(zip(spec.objects, masks, strict=True)):
+    for i, (obj, mask) in enumerate(zip(spec.objects, found, strict=True)):
         if obj.mask is not None:
             where = f"objects[{i}].mask"
             out.append(read_mask(spec.resolve(obj.mask), size, where, image_size=source))
         elif obj.polygon is not None:
             out.append(mask_from_polygon(size, obj.polygon))
+        elif grids.upsamples:
+            out.append(grow_mask(upsample_mask(mask, image), growth))
         else:
-            out.append(resize_mask(mask, size))
+            out.append(resize_mask(grow_mask(mask, SELECTION_GROWTH), size))
         if not bool(out[-1].any()):
             raise InputError("the selection is empty at the working size", f"objects[{i}]")
     return out
@@ -392,8 +449,15 @@ def build_scene(spec: MotionSpec, weights: Weights | None = None) -> Scene:
     photo = source_size(path)
     grids = Grids(size, perception_size(photo))
     seen = _perception_image(path, image, grids)
-    found = [object_mask(obj, i, spec, image, weights, seen) for i, obj in enumerate(spec.objects)]
-    masks = _working_masks(spec, found, size)
+    raw = [
+        object_mask(obj, i, spec, image, weights, seen, grown=False)
+        for i, obj in enumerate(spec.objects)
+    ]
+    found = [
+        mask if _is_exact(obj) else grow_mask(mask, SELECTION_GROWTH)
+        for obj, mask in zip(spec.objects, raw, strict=True)
+    ]
+    masks = _working_masks(spec, raw, image, grids)
     ids = [obj.id for obj in spec.objects]
 
     depth_anything = weights.component_dir(DEPTH_ANYTHING)

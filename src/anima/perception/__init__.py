@@ -16,6 +16,7 @@ from anima.perception.segmentation import (
     mask_from_box,
     mask_from_points,
 )
+from anima.perception.upsampling import guided_filter, upsample_mask
 
 __all__ = [
     "DepthAnythingEstimator",
@@ -23,7 +24,9 @@ __all__ = [
     "disparity_to_distance",
     "estimate_distance",
     "grabcut_from_points",
+    "guided_filter",
     "ground_plane_distance",
     "mask_from_box",
     "mask_from_points",
+    "upsample_mask",
 ]
