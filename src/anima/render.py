@@ -11,6 +11,22 @@ z-test, giving per frame RGB, planar distance, instance ids (0 = background) and
   clip reaches m is supersampled with ceil(m) x ceil(m) sub-points per pixel, spaced at most one
   target pixel apart, so rounding to pixel centres leaves no gaps (the role of LeviTor's
   "10 points per pixel and radius growing as the object nears").
+- **Footprints past the supersampling cap.** Where even ``MAX_SUPERSAMPLE`` sub-points per
+  source pixel would be more than a target pixel apart (an object brought from 5 to 0.5 is
+  magnified about 10 x), the source pixel stays one point and is splatted with a footprint, as
+  in surface splatting (Zwicker et al., "Surface Splatting", SIGGRAPH 2001, §3-4: a splat's
+  screen footprint is its surface cell mapped by the local Jacobian of the projection): here
+  the pixel centres in the box bounding its one-pixel cell mapped through this frame's
+  Jacobian. A point magnified k times thus covers about k x k pixels and the surface stays
+  filled; the exact silhouette and the colours still come from the backward look-up below.
+  Within a footprint the z-test uses the point's own depth. Footprints are clipped to the frame,
+  capped at ``MAX_FOOTPRINT`` pixels a side, generated at most ``_FOOTPRINT_BUDGET`` (point,
+  pixel) pairs at a time and reduced into a per-group z-buffer at once, so memory stays bounded
+  however near a surface comes.
+- **Near plane.** As a camera would (Hartley & Zisserman, "Multiple View Geometry", §6.2.3:
+  only points of positive depth are in front of the camera; rasterisers also clip at a near
+  plane), points nearer than ``NEAR_FRACTION`` times the scene's nearest distance, or behind
+  the camera, are not drawn.
 - **z-buffer.** Each sub-point becomes a 64-bit key: the bits of its positive float32 depth in the
   high word (positive IEEE floats order like integers) and its index in the low word. One
   ``scatter_reduce(amin)`` per frame then selects the nearest point of every pixel exactly and
@@ -41,6 +57,10 @@ from anima.camera import project, transform_points, unproject
 from anima.scene import Scene
 
 MAX_SUPERSAMPLE = 6
+MAX_FOOTPRINT = 257  # widest footprint side in target pixels: magnification 257 (the near
+# plane stops the scene's nearest surface at 1 / NEAR_FRACTION = 200)
+NEAR_FRACTION = 0.005  # near plane, as a fraction of the scene's nearest distance
+_FOOTPRINT_BUDGET = 1 << 21  # (point, pixel) pairs generated at once
 _EMPTY = torch.iinfo(torch.int64).max
 _HIDDEN_DEPTH = 1e30  # z-test depth of guessed (inpainted) plate pixels: they never occlude
 
@@ -111,6 +131,7 @@ class _PointGroup:
     world_dy: torch.Tensor  # (M, 3)
     colours: torch.Tensor  # (3, H, W) the image the group's colours are looked up in
     support: torch.Tensor  # (H, W) float: 1 on the group's own source pixels
+    wide: torch.Tensor  # (W,) int64: points splatted with footprints (module docstring)
 
 
 def _sub_offsets(factor: int) -> torch.Tensor:
@@ -192,25 +213,34 @@ def _magnification(
     pose: torch.Tensor,
     animation: Animation,
     size: tuple[int, int],
+    near: float,
 ) -> torch.Tensor:
     """Largest image-space length (N,) of a one-pixel step of each point's surface over the
-    frames where the point is in front of the camera and in the image: the warp's local
-    Jacobian, so a surface seen at a grazing angle in the first frame and head-on later
-    counts as magnified (foreshortening), not only one that comes nearer."""
+    frames where the point is beyond the near plane and its pixel cell reaches into the image:
+    the warp's local Jacobian, so a surface seen at a grazing angle in the first frame and
+    head-on later counts as magnified (foreshortening), not only one that comes nearer."""
     height, width = size
     best = torch.ones(len(points))
     for f in range(animation.num_frames):
         cam = (animation.world_to_camera[f] @ pose[f]).float()
         intrinsics = animation.intrinsics[f].float()
         xy, z = project(transform_points(cam, points), intrinsics)
-        seen = (z > 1e-6) & (xy[:, 0] > -1) & (xy[:, 0] < width) & (xy[:, 1] > -1)
-        seen &= xy[:, 1] < height
         length = torch.zeros(len(points))
+        seen = z > near
         for step in (step_x, step_y):
-            moved = project(transform_points(cam, points + step), intrinsics)[0]
+            moved, moved_z = project(transform_points(cam, points + step), intrinsics)
             length = torch.maximum(length, (moved - xy).norm(dim=-1))
+            seen &= moved_z > near
+        reach = 1 + length.clamp(max=float(height + width))
+        seen &= (xy[:, 0] > -reach) & (xy[:, 0] < width - 1 + reach)
+        seen &= (xy[:, 1] > -reach) & (xy[:, 1] < height - 1 + reach)
         best = torch.where(seen, torch.maximum(best, length), best)
     return best
+
+
+def near_plane(scene: Scene) -> float:
+    """The near clipping distance: ``NEAR_FRACTION`` times the scene's nearest distance."""
+    return max(NEAR_FRACTION * float(scene.distance.min()), 1e-6)
 
 
 def _point_group(
@@ -231,12 +261,20 @@ def _point_group(
     k0 = scene.intrinsics.float()
     points = unproject(xy, distance[ys, xs].float(), k0)
     step_x, step_y = _surface_steps(mask, distance, ys, xs, points, k0, smooth_surface)
-    magnification = _magnification(points, step_x, step_y, pose, animation, scene.size)
+    magnification = _magnification(
+        points, step_x, step_y, pose, animation, scene.size, near_plane(scene)
+    )
     # Sub-points spaced <= 1/1.1 target pixel: rounding to pixel centres then skips none, even
     # with float error at exact integer magnifications. Unmagnified points stay single.
     factor = (magnification * 1.1).ceil().clamp(1, MAX_SUPERSAMPLE).long()
     factor[magnification <= 1.0 + 1e-3] = 1
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("xy", "world", "sx", "sy", "obs")}
+    # Past the cap, sub-points could land more than a pixel apart: such a pixel stays a single
+    # point and is drawn with a footprint instead (module docstring).
+    needs_footprint = magnification * 1.1 > MAX_SUPERSAMPLE
+    factor[needs_footprint] = 1
+    parts: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("xy", "world", "sx", "sy", "obs", "wide")
+    }
     for level in factor.unique().tolist():
         chosen = factor == level
         offsets = _sub_offsets(level)
@@ -248,10 +286,12 @@ def _point_group(
         parts["sx"].append(sx.expand(-1, count, -1).reshape(-1, 3))
         parts["sy"].append(sy.expand(-1, count, -1).reshape(-1, 3))
         parts["obs"].append(observed[ys[chosen], xs[chosen]].repeat_interleave(count))
+        parts["wide"].append(needs_footprint[chosen].repeat_interleave(count))
     sub_xy, world = torch.cat(parts["xy"]), torch.cat(parts["world"])
     support = (mask & observed).float()
     pixel = (sub_xy + 0.5).floor().long()
     own_colour = colours[:, pixel[:, 1], pixel[:, 0]].T
+    wide = torch.nonzero(torch.cat(parts["wide"]))[:, 0]
     return _PointGroup(
         world=world,
         rgb=_supported_colour(colours, support, sub_xy, own_colour),
@@ -263,6 +303,7 @@ def _point_group(
         world_dy=world + torch.cat(parts["sy"]),
         colours=colours,
         support=support,
+        wide=wide,
     )
 
 
@@ -331,6 +372,69 @@ def _depth_keys(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return (z.float().contiguous().view(torch.int32).to(torch.int64) << 32) | index
 
 
+def _footprint_splats(
+    group: _PointGroup,
+    cam: torch.Tensor,
+    intrinsics: torch.Tensor,
+    xy: torch.Tensor,
+    z: torch.Tensor,
+    test_z: torch.Tensor,
+    start: int,
+    near: float,
+    size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Footprint splats (pixel indices, z-buffer keys) of the group's ``wide`` points.
+
+    Each point covers the pixel centres in the box bounding its one-source-pixel surface cell
+    mapped by this frame's Jacobian (Zwicker et al., "Surface Splatting", SIGGRAPH 2001, §4), at
+    least its nearest pixel and at most ``MAX_FOOTPRINT`` pixels a side, clipped to the frame.
+    Pairs are made ``_FOOTPRINT_BUDGET`` at a time and reduced per pixel at once (the nearest
+    key), so at most one splat per pixel is returned: the two-pass silhouette test only ever
+    filters splats by pixel, so this loses nothing."""
+    height, width = size
+    wide = group.wide
+    p, pz = xy[wide], z[wide]
+    dx, dx_z = project(transform_points(cam, group.world_dx[wide]), intrinsics)
+    dy, dy_z = project(transform_points(cam, group.world_dy[wide]), intrinsics)
+    step_x, step_y = dx - p, dy - p
+    # Half the cell's bounding box; a neighbour behind the near plane gives no usable Jacobian.
+    usable = (pz > near) & (dx_z > near) & (dy_z > near)
+    half = (step_x.abs() + step_y.abs()) / 2
+    half = torch.where(usable[:, None], half, torch.zeros_like(half))
+    half = half.clamp(0.5, (MAX_FOOTPRINT - 1) / 2) + 1e-4
+    # Far off-frame positions are pulled in (their footprints still miss the frame), so that the
+    # integer pixel bounds cannot overflow.
+    far = float(2 * (height + width + MAX_FOOTPRINT))
+    p = p.clamp(-far, far)
+    lo = torch.ceil(p - half).clamp_min(0).long()
+    hi = torch.floor(p + half).long()
+    hi = torch.minimum(hi, torch.tensor([width - 1, height - 1]))
+    extent = (hi - lo + 1).clamp_min(0)
+    count = extent[:, 0] * extent[:, 1]
+    count = torch.where((pz > near) & torch.isfinite(p).all(-1), count, 0)
+    drawn = torch.nonzero(count)[:, 0]
+    keys = torch.full((height * width,), _EMPTY, dtype=torch.int64)
+    if len(drawn) == 0:
+        return torch.zeros(0, dtype=torch.int64), keys[:0]
+    lo, extent, count = lo[drawn], extent[drawn], count[drawn]
+    point_keys = _depth_keys(test_z[wide][drawn], wide[drawn] + start)
+    ends = count.cumsum(0)
+    first = 0
+    while first < len(drawn):
+        base = int(ends[first - 1]) if first else 0
+        last = int(torch.searchsorted(ends, base + _FOOTPRINT_BUDGET, right=True))
+        last = max(last, first + 1)
+        chunk = torch.arange(first, last)
+        owner = torch.repeat_interleave(chunk, count[first:last])
+        offset = torch.arange(base, base + len(owner)) - (ends[owner] - count[owner])
+        columns = extent[owner, 0]
+        target = (lo[owner, 1] + offset // columns) * width + lo[owner, 0] + offset % columns
+        keys.scatter_reduce_(0, target, point_keys[owner], reduce="amin")
+        first = last
+    target = torch.nonzero(keys != _EMPTY)[:, 0]
+    return target, keys[target]
+
+
 def render(
     scene: Scene,
     animation: Animation,
@@ -343,6 +447,7 @@ def render(
     num_pixels, frames = height * width, animation.num_frames
     splat_plate = not animation.camera_static
     groups = _groups(scene, animation, plate, splat_plate)
+    near = near_plane(scene)
 
     # One attribute table for every point that can win a pixel. Without plate splatting, the
     # plate's pixels come first (index = pixel index) and seed the z-buffer.
@@ -379,15 +484,24 @@ def render(
         splats = []
         for group, start in zip(groups, starts, strict=True):
             cam = (animation.world_to_camera[f] @ group.pose[f]).float()
-            xy, z = project(transform_points(cam, group.world), animation.intrinsics[f].float())
+            intrinsics = animation.intrinsics[f].float()
+            xy, z = project(transform_points(cam, group.world), intrinsics)
             px = torch.floor(xy[:, 0] + 0.5).long()
             py = torch.floor(xy[:, 1] + 0.5).long()
-            inside = (z > 1e-6) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
+            inside = (z > near) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
             depth_of[start : start + len(z)] = z
             test_z = torch.where(group.observed, z, torch.tensor(_HIDDEN_DEPTH))
             index = torch.arange(start, start + len(z))
+            if len(group.wide):
+                inside[group.wide] = False
             target = (py * width + px)[inside]
-            splats.append((cam, xy, target, _depth_keys(test_z[inside], index[inside])))
+            key = _depth_keys(test_z[inside], index[inside])
+            if len(group.wide):
+                wide_target, wide_key = _footprint_splats(
+                    group, cam, intrinsics, xy, z, test_z, start, near, (height, width)
+                )
+                target, key = torch.cat([target, wide_target]), torch.cat([key, wide_key])
+            splats.append((cam, xy, target, key))
         # Pass 1 splats everything; an object whose surface does not reach a pixel's centre
         # (its winner maps back outside the object's mask) is then taken out of that pixel,
         # and pass 2 lets the surface behind show: silhouettes are exact, not rounded.
