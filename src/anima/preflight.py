@@ -3,7 +3,8 @@
 `check_spec` is what `anima spec validate` reports and what `anima animate` runs on every spec
 of a batch before the first render: the spec's schema, the command-line overrides, the method
 and its options, the weights the method needs, every file the spec names (read in full, so an
-unreadable image fails here) and the selections' geometry at the working size. A spec that
+unreadable image fails here), the selections' geometry at the working size and the run's
+estimated peak memory (`anima.memory`). A spec that
 passes does not fail later for any of these reasons; the message of one that fails is the
 message `animate` gives.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from anima.errors import InputError
 from anima.io import read_depth, read_image, read_mask
+from anima.memory import check_memory
 from anima.methods.base import Method
 from anima.methods.registry import get_method
 from anima.pipeline import resolve_spec
@@ -58,7 +60,9 @@ def check_spec(
     files: bool = True,
 ) -> MotionSpec:
     """Load the spec at `path` with the command line's overrides applied and check everything
-    it needs (with ``files=False``: all but its files and geometry); returns the resolved spec.
+    it needs (with ``files=False``: all but its files, geometry and memory); returns the resolved
+    spec. The memory guard (`anima.memory`) refuses a run that cannot fit before any file is
+    read in full.
     Errors in the spec's files name the field and the spec file."""
     spec = resolve_spec(
         load_spec(path), method=method, seed=seed, num_frames=frames, weights=weights
@@ -69,6 +73,7 @@ def check_spec(
     if not files:
         return spec
     try:
+        check_memory(spec, method_cls, weights)  # before reading the image in full
         _check_files(spec)
         method_cls.check_inputs(spec, options)
     except InputError as exc:
