@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from anima.cli import main
@@ -214,6 +215,7 @@ DDP_SCRIPT = """
 import json, sys
 from pathlib import Path
 import torch
+from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
 from test_training_loop import Regression, loop_config
 from anima.training import make_accelerator, train_loop
@@ -224,7 +226,7 @@ accelerator = make_accelerator(out)
 trainer = Regression(rows=4, processes=accelerator.num_processes)
 result = train_loop(accelerator, trainer, loop_config(out, gradient_accumulation_steps=2))
 if accelerator.is_main_process:
-    torch.save(trainer.model.state_dict(), out / "weights.pt")
+    save_file(trainer.model.state_dict(), str(out / "weights.safetensors"))
     (out / "losses.json").write_text(json.dumps(result.losses))
 accelerator.end_training()
 """
@@ -246,7 +248,7 @@ def test_two_cpu_processes_under_torchrun_match_one_process(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     single, result = run(tmp_path / "single", Regression(rows=16))
     assert json.loads((out / "losses.json").read_text()) == pytest.approx(result.losses, rel=1e-5)
-    distributed = torch.load(out / "weights.pt")
+    distributed = load_file(str(out / "weights.safetensors"))
     assert all(torch.allclose(distributed[k], v, atol=1e-6) for k, v in weights(single).items())
     assert [line["step"] for line in loss_history(out)] == list(range(1, 7))  # main process only
 
