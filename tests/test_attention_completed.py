@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import UNet2DConditionModel, UNetMotionModel
 from diffusers.models.attention_processor import Attention
 from torch import nn
+from unets import (
+    assert_restored,
+    inputs,
+    motion_inputs,
+    run,
+    svd_inputs,
+    tiny_motion_unet,
+    tiny_unet,
+)
 
 from anima.attention import (
     CFG_BRANCHES,
@@ -23,7 +32,6 @@ from anima.attention import (
     SPATIAL_SELF,
     TEMPORAL_RESIDUALS,
     FeatureStore,
-    HookedAttnProcessor,
     ReferenceWeights,
     StepCounter,
     attention_layers,
@@ -40,24 +48,6 @@ from anima.attention import (
 from anima.models.seeding import seeded
 from anima.models.tiny import tiny_svd_unet
 
-SIZE = (16, 12)  # latent (H, W), not square on purpose
-
-
-def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
-    with seeded(seed):
-        return UNet2DConditionModel(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        ).eval()
-
 
 @pytest.fixture(scope="module")
 def unet() -> UNet2DConditionModel:
@@ -65,60 +55,11 @@ def unet() -> UNet2DConditionModel:
 
 
 def motion_unet() -> UNetMotionModel:
-    with seeded(1):
-        adapter = MotionAdapter(
-            block_out_channels=(32, 64),
-            motion_layers_per_block=1,
-            motion_norm_num_groups=32,
-            motion_num_attention_heads=2,
-            motion_max_seq_length=8,
-        )
-    return UNetMotionModel.from_unet2d(tiny_unet(), adapter).eval().requires_grad_(False)
-
-
-def inputs(batch: int, seed: int = 0) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        "sample": torch.randn(batch, 4, *SIZE, generator=generator),
-        "timestep": torch.tensor(10),
-        "encoder_hidden_states": torch.randn(batch, 5, 32, generator=generator),
-    }
-
-
-def motion_inputs(frames: int = 3) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "sample": torch.randn(1, 4, frames, *SIZE, generator=generator),
-        "timestep": torch.tensor(10),
-        "encoder_hidden_states": torch.randn(1, 5, 32, generator=generator).repeat(frames, 1, 1),
-    }
-
-
-def svd_inputs(frames: int = 3) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "sample": torch.randn(1, frames, 8, 8, 6, generator=generator),
-        "timestep": torch.tensor(0.7),
-        "encoder_hidden_states": torch.randn(1, 1, 32, generator=generator),
-        "added_time_ids": torch.tensor([[5.0, 100.0, 0.02]]),
-    }
-
-
-@torch.no_grad()
-def run(model, kwargs: dict) -> torch.Tensor:
-    return model(**kwargs).sample
+    return tiny_motion_unet()
 
 
 def rows(kwargs: dict, index: list[int]) -> dict:
     return {k: v[index] if k != "timestep" else v for k, v in kwargs.items()}
-
-
-def assert_restored(model, before: dict) -> None:
-    after = dict(model.attn_processors)
-    assert all(after[name] is before[name] for name in before)
-    assert not any(isinstance(p, HookedAttnProcessor) for p in after.values())
-    for module in model.modules():
-        assert not module._forward_hooks and not module._forward_pre_hooks
 
 
 # a. residual branches
