@@ -38,6 +38,17 @@ def make_scene(
     return Scene(image, distance, instance, intrinsics_from_fov(size, 60.0), ids)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two spinning
+    threads per op are many times slower than one: a module of them asks for this with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def examples_dir() -> Path:
     return EXAMPLES

@@ -56,14 +56,7 @@ FRAMES = 4
 EVAL_SIGMAS = (0.5, 1.0, 2.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models are too small to gain from threads, and on a shared 2-core machine two
-    spinning threads per op are many times slower than one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_clip(root: Path, name: str, frames: int = 6, depth: bool = True, phase: float = 0.0):

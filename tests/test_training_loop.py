@@ -44,12 +44,7 @@ TARGET = ROWS @ torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
 Batch = tuple[Tensor, Tensor]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Regression(Trainer):
