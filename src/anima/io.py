@@ -3,9 +3,10 @@
 Conventions: images are float32 tensors in [0, 1] shaped (3, H, W), videos are (F, 3, H, W),
 sizes are (H, W). uint8 / uint16 only appear at the file boundary. Problems with user-supplied
 files raise `InputError` naming the file; programming errors (wrong shapes) raise `ValueError`.
-Everything written goes through `staged_outputs` (or `atomic_path` / `atomic_dir`, built on
-it), so a failed or interrupted write never leaves a half-written file (or a stray temporary)
-behind, and a folder the user already had is written into, never replaced.
+Everything written goes through `staged_outputs` (`atomic_path` is one staged file;
+`atomic_dir` replaces a folder anima owns), so a failed or interrupted write never leaves a
+half-written file (or a stray temporary) behind, and a folder the user already had is written
+into, never replaced.
 """
 
 from __future__ import annotations

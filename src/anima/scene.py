@@ -408,7 +408,11 @@ def _warn_about_inputs(spec: MotionSpec, image_path: Path) -> None:
 
 
 def _working_masks(
-    spec: MotionSpec, found: list[torch.Tensor], image: torch.Tensor, grids: Grids
+    spec: MotionSpec,
+    found: list[torch.Tensor],
+    image: torch.Tensor,
+    grids: Grids,
+    source: tuple[int, int],
 ) -> list[torch.Tensor]:
     """The selection masks at the working size: mask files read at it and polygons rasterised
     at it (exact selections stay exact), the others brought from the perception grid. ``found``
@@ -416,9 +420,8 @@ def _working_masks(
     working grid an automatic mask is upsampled along the edges of the working ``image``
     (`upsample_mask`) and then grown by `SELECTION_GROWTH` perception pixels' worth of working
     pixels; otherwise it is grown in the perception grid (as `object_mask` returns it) and
-    resized by nearest neighbour (`resize_mask`)."""
+    resized by nearest neighbour (`resize_mask`). ``source`` is the photo's own size."""
     size = grids.working
-    source = source_size(spec.resolve(spec.image))
     growth = round(SELECTION_GROWTH * upsampling_factor(grids.perception, size))
     out = []
     for i, (obj, mask) in enumerate(zip(spec.objects, found, strict=True)):
@@ -457,7 +460,7 @@ def build_scene(spec: MotionSpec, weights: Weights | None = None) -> Scene:
         mask if _is_exact(obj) else grow_mask(mask, SELECTION_GROWTH)
         for obj, mask in zip(spec.objects, raw, strict=True)
     ]
-    masks = _working_masks(spec, raw, image, grids)
+    masks = _working_masks(spec, raw, image, grids, photo)
     ids = [obj.id for obj in spec.objects]
 
     depth_anything = weights.component_dir(DEPTH_ANYTHING)
