@@ -5,8 +5,10 @@ and a depth .npy, so that no perception model runs; the disc moves across and aw
 runs ``anima animate`` in a fresh subprocess under the memory guard (`anima.memory`): a length
 whose estimate exceeds the memory available is reported as "refused by the memory guard"
 instead of being run (and killed). For each length: wall time, peak RSS (``wait4``'s
-``ru_maxrss`` of the subprocess), the render time (the ``prepare`` stage, which renders) and
+``ru_maxrss`` of the subprocess; ffmpeg is a process of its own, not counted), the render time and
 megapixels rendered per second (frames x H x W / render time), and the guard's estimate.
+The render time is the ``prepare`` stage (the point groups) plus the ``frames`` time (making
+the frames, which stream into the encoder; the encoder's own time is ``write``).
 The last line is one JSON object with the machine and the ratios peak RSS 128/16 and
 time-per-frame 128/16 (the last length over the first; null when either did not run).
 
@@ -99,13 +101,17 @@ def run_length(spec_path: Path, frames: int, folder: Path) -> dict:
         row["result"] = "failed"
         row["message"] = stderr.strip()[-500:]
         return row
-    found = re.search(r"prepare ([0-9.]+)s", stderr)
-    render_s = float(found.group(1)) if found else float("nan")
+    stages = {name: float(value) for name, value in re.findall(r"(\w+) ([0-9.]+)s", stderr)}
+    # The render: building the point groups (prepare) and making the frames, which stream to
+    # the encoder (its own time is ``write``).
+    render_s = stages.get("prepare", float("nan")) + stages.get("frames", float("nan"))
     height, width = load_spec(spec_path).size or _image_size(spec_path)
     row |= {
         "result": "ok",
         "peak_rss_gib": round(peak / 2**30, 3),
+        "scene_s": stages.get("scene"),
         "render_s": round(render_s, 2),
+        "write_s": stages.get("write"),
         "megapixels_per_s": round(frames * height * width / 1e6 / render_s, 2),
         "wall_per_frame_s": round(wall / frames, 3),
     }

@@ -26,7 +26,7 @@ import torch
 from scipy.interpolate import PchipInterpolator
 
 from anima.camera import rigid, rotation_matrix, unproject
-from anima.scene import Scene
+from anima.scene import Scene, pixel_mapping
 from anima.spec import (
     DollyCamera,
     KeyframeCamera,
@@ -47,6 +47,7 @@ class Animation:
     world_to_camera: torch.Tensor  # (F, 4, 4)
     intrinsics: torch.Tensor  # (F, 3, 3)
     moved_ids: set[int]
+    size: tuple[int, int]  # (H, W) of the pixel grid of ``anchors`` and ``intrinsics``
 
     @property
     def camera_static(self) -> bool:
@@ -54,6 +55,43 @@ class Animation:
         same_k = torch.allclose(self.intrinsics, self.intrinsics[:1].expand_as(self.intrinsics))
         return bool(
             torch.allclose(self.world_to_camera, eye.expand_as(self.world_to_camera)) and same_k
+        )
+
+    def resized(self, size: tuple[int, int]) -> Animation:
+        """The same motion seen at another pixel size (H, W), to render with
+        ``scene.resized(size)`` (`anima.scene.Scene.resized`, issue "Photos as people take
+        them", part 2).
+
+        Pixel quantities follow the scene's pixel mapping (`anima.scene.pixel_mapping`): the
+        anchors' x, y become (x + 0.5) W' / W - 0.5 and (y + 0.5) H' / H - 0.5, every frame's
+        intrinsics K' = A K. 3D quantities (the anchors' distances, the object poses, the
+        camera poses) do not depend on the resolution and are kept.
+
+        This is the one correct way to get the animation at another size:
+        ``build_animation(spec, scene.resized(size))`` would read the spec's trajectory pixels,
+        which are pixels of the WORKING size, in the grid of ``size`` and so move objects to
+        the wrong 3D places. Given a spec whose pixels are mapped too, it agrees with this up
+        to what is measured on the resampled scene (a still object's anchor, a rotation's
+        centre, the median distance camera presets scale with). The same size returns
+        ``self``."""
+        size = (int(size[0]), int(size[1]))
+        if size == self.size:
+            return self
+        mapping = pixel_mapping(self.size, size)
+        anchors = {}
+        for object_id, anchor in self.anchors.items():
+            moved = anchor.clone()
+            xy = anchor[:, :2].to(mapping.dtype)
+            moved[:, :2] = (xy @ mapping[:2, :2].T + mapping[:2, 2]).to(anchor.dtype)
+            anchors[object_id] = moved
+        return Animation(
+            num_frames=self.num_frames,
+            anchors=anchors,
+            object_poses=self.object_poses,
+            world_to_camera=self.world_to_camera,
+            intrinsics=(mapping @ self.intrinsics.double()).to(self.intrinsics.dtype),
+            moved_ids=set(self.moved_ids),
+            size=size,
         )
 
 
@@ -74,7 +112,6 @@ def object_poses(spec: MotionSpec, scene: Scene) -> tuple[dict, dict]:
     """Anchors (F, 3) and world transforms (F, 4, 4) of every object (Eq. 7)."""
     at = frame_times(spec.num_frames)
     k = scene.intrinsics
-    points = scene.points()
     anchors, poses = {}, {}
     for obj in spec.objects:
         if not obj.trajectory:
@@ -101,7 +138,9 @@ def object_poses(spec: MotionSpec, scene: Scene) -> tuple[dict, dict]:
         angles = np.array([kf.rotation or (0.0, 0.0, 0.0) for kf in obj.trajectory])
         rotation = rotation_matrix(torch.from_numpy(interpolate_keyframes(times, angles, at)))
         rotation = rotation @ rotation_matrix(torch.from_numpy(angles[0])).transpose(-1, -2)
-        centre = points[scene.mask(obj.id)].mean(dim=0)
+        ys, xs = torch.nonzero(scene.mask(obj.id), as_tuple=True)
+        pixels = torch.stack([xs, ys], dim=-1).double()
+        centre = unproject(pixels, scene.distance[ys, xs].double(), k).mean(dim=0)
         offset = centre - (rotation @ centre) + translation
         poses[obj.id] = rigid(rotation, offset)
     return anchors, poses
@@ -175,7 +214,11 @@ def _relative_to_first_frame(
 
 
 def build_animation(spec: MotionSpec, scene: Scene) -> Animation:
-    """All per-frame transforms of the spec's objects and camera."""
+    """All per-frame transforms of the spec's objects and camera, in the pixel grid of
+    ``scene`` (the working size: the spec's trajectory pixels are read in it). For another size,
+    `Animation.resized`."""
     anchors, poses = object_poses(spec, scene)
     world_to_camera, intrinsics = camera_path(spec, scene)
-    return Animation(spec.num_frames, anchors, poses, world_to_camera, intrinsics, spec.moved_ids)
+    return Animation(
+        spec.num_frames, anchors, poses, world_to_camera, intrinsics, spec.moved_ids, scene.size
+    )

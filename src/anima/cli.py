@@ -31,8 +31,8 @@ from anima.pipeline import (
     animate,
     parse_device,
     parse_dtype,
-    write_dump,
     write_dump_files,
+    write_outputs,
 )
 from anima.preflight import check_spec, check_weights
 from anima.spec import MotionSpec, json_schema
@@ -94,15 +94,17 @@ def _run_and_write(
         result = animate(
             spec, weights, device=device, dtype=dtype, on_stage=lambda text: status.update(text)
         )
-        status.update(f"writing {out}")
+        count = len(result.stream)
+
+        def progress(done: int) -> None:
+            status.update(f"frame {done}/{count} made and written to {out}")
+
         with staged_outputs() as staging:
-            write_video(out, result.frames, spec.fps, where="-o", staging=staging)
-            if dump is not None:
-                write_dump(dump, result, staging=staging)
-    height, width = result.frames.shape[-2:]
+            write_outputs(result, out, dump, staging, on_frame=progress)
+    height, width = result.stream.size
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in result.seconds.items())
     out_console.print(
-        f"wrote {out} ({len(result.frames)} frames, {width}x{height}, "
+        f"wrote {out} ({len(result.stream)} frames, {width}x{height}, "
         f"method {spec.method}; {timing})"
     )
     return result

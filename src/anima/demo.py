@@ -68,15 +68,25 @@ def run_toy_demo(
         spec = resolve_spec(spec, method="levitor", weights=weights)
         result = animate(spec, weights, on_stage=on_stage)
     assert result.controls.render is not None  # levitor always renders
+    truth = torch.from_numpy(clip.frames).float()
     return ToyDemo(
         clip=clip,
-        truth=torch.from_numpy(clip.frames).float(),
-        coarse=result.controls.render.rgb.float(),
+        truth=truth,
+        coarse=_at_size(result.controls.render.rgb.float(), tuple(truth.shape[-2:])),
         generated=result.frames,
         result=result,
         clip_seed=clip_seed,
         fps=clip.config.fps,
     )
+
+
+def _at_size(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(F, 3, H, W) frames at ``size`` (bilinear): the coarse render is made at LeviTor's
+    generation size, the panels are shown at the clip's."""
+    if tuple(frames.shape[-2:]) == size:
+        return frames
+    resized = torch.nn.functional.interpolate(frames, size=size, mode="bilinear")
+    return resized.clamp(0, 1)
 
 
 def side_by_side(

@@ -6,7 +6,8 @@ files raise `InputError` naming the file; programming errors (wrong shapes) rais
 Everything written goes through `staged_outputs` (`atomic_path` is one staged file;
 `atomic_dir` replaces a folder anima owns), so a failed or interrupted write never leaves a
 half-written file (or a stray temporary) behind, and a folder the user already had is written
-into, never replaced.
+into, never replaced. Videos are written frame by frame (`VideoWriter`), so that memory does not
+grow with the number of frames.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -47,10 +50,8 @@ DEFAULT_FOLDER_FPS = 8.0
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 """Files read as frames from a frame folder; `write_video` writes ``%04d.png``."""
 
-_GIF_FILTER = (
-    "split[a][b];[a]palettegen=stats_mode=full[p];"
-    "[b][p]paletteuse=dither=bayer:bayer_scale=4:diff_mode=rectangle"
-)
+_GIF_PALETTE = "palettegen=stats_mode=full"
+_GIF_DITHER = "paletteuse=dither=bayer:bayer_scale=4:diff_mode=rectangle"
 _MP4_FILTER = (
     "scale=out_color_matrix=bt709:out_range=tv,"
     "setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709"
@@ -293,16 +294,42 @@ def to_uint8(image: ArrayLike) -> np.ndarray:
 
     The shape is kept as is; returns a numpy array.
     """
-    values = np.nan_to_num(_to_numpy(image).astype(np.float32), nan=0.0)
-    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+    values = _to_numpy(image).astype(np.float32)  # a copy: the steps below work in place
+    values *= 255.0
+    np.rint(values, out=values)
+    np.fmax(values, 0.0, out=values)  # fmax, unlike clip, takes 0 over NaN
+    np.fmin(values, 255.0, out=values)
+    return values.astype(np.uint8)
 
 
-def _frames_hwc_uint8(frames: ArrayLike) -> np.ndarray:
-    """(F, 3, H, W) float frames to a contiguous (F, H, W, 3) uint8 array."""
-    array = _to_numpy(frames)
-    if array.ndim != 4 or array.shape[1] != 3 or array.shape[0] == 0:
-        raise ValueError(f"frames must be shaped (F>0, 3, H, W), got {tuple(array.shape)}")
-    return np.ascontiguousarray(to_uint8(array).transpose(0, 2, 3, 1))
+_CONVERT_BAND = 1 << 18
+"""`_frame_hwc_uint8` converts a float frame this many values at a time (a band of rows), so
+that its float scratch is about a megabyte whatever the frame's size (a 12-megapixel frame is
+144 MB of float32)."""
+
+
+def _frame_hwc_uint8(frame: ArrayLike) -> np.ndarray:
+    """One video frame as a contiguous (H, W, 3) uint8 array.
+
+    `frame` is (3, H, W) float in [0, 1] (converted by `to_uint8`, a band of rows at a time) or
+    (H, W, 3) uint8 (taken as is); anything else raises ValueError.
+    """
+    array = _to_numpy(frame)
+    if array.dtype == np.uint8:
+        if array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+            raise ValueError(f"a uint8 frame must be shaped (H, W, 3), got {tuple(array.shape)}")
+        return np.ascontiguousarray(array)
+    if array.ndim != 3 or array.shape[0] != 3 or 0 in array.shape:
+        raise ValueError(
+            "a frame must be (3, H, W) float in [0, 1] or (H, W, 3) uint8, "
+            f"got shape {tuple(array.shape)} dtype {array.dtype}"
+        )
+    height, width = array.shape[1:]
+    image = np.empty((height, width, 3), np.uint8)
+    rows = max(1, _CONVERT_BAND // (3 * width))
+    for top in range(0, height, rows):
+        image[top : top + rows] = to_uint8(array[:, top : top + rows]).transpose(1, 2, 0)
+    return image
 
 
 def _check_size(size: tuple[int, int] | None) -> None:
@@ -628,30 +655,114 @@ def write_depth_png(path: PathLike, distance: ArrayLike) -> None:
 # --------------------------------------------------------------------------- video
 
 
-def _run_ffmpeg(args: list[str], stdin: bytes) -> None:
-    """Run the bundled ffmpeg with raw frames on stdin; raise RuntimeError on failure."""
+class _Ffmpeg:
+    """The bundled ffmpeg, running, its input written to its stdin as it comes.
+
+    Its log goes to an anonymous temporary file, not a pipe: nobody reads a pipe while frames
+    are written, and a full one would stall ffmpeg, and so the writer. As a context manager, a
+    normal exit closes the input and waits for ffmpeg; an exception kills it and waits, so that
+    nothing writes the output once its temporary is removed.
+    """
+
+    def __init__(self, cmd: list[str]) -> None:
+        self._log = tempfile.TemporaryFile()
+        self._proc: subprocess.Popen[bytes] | None = None
+        try:
+            with signals_deferred():  # a signal must not leave a started ffmpeg unknown
+                self._proc = subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+                )
+        except BaseException:
+            self.kill()
+            raise
+
+    def _input(self) -> IO[bytes]:
+        if self._proc is None or self._proc.stdin is None:
+            raise RuntimeError("ffmpeg is not running")
+        return self._proc.stdin
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Give ffmpeg more input; a RuntimeError with its log when it has died."""
+        try:
+            self._input().write(data)
+        except BrokenPipeError:
+            raise self._failure() from None
+
+    def finish(self) -> None:
+        """Close the input and wait for ffmpeg; a RuntimeError with its log when it failed."""
+        try:
+            self._input().close()
+        except BrokenPipeError:
+            raise self._failure() from None
+        if self._proc is not None and self._proc.wait() != 0:
+            raise self._failure()
+        self._log.close()
+
+    def _failure(self) -> RuntimeError:
+        """``ffmpeg failed (<exit status>): <log>``, once ffmpeg has ended."""
+        returncode = self._stop(kill=False)
+        self._log.seek(0)
+        message = self._log.read().decode(errors="replace").strip()
+        self._log.close()
+        return RuntimeError(f"ffmpeg failed ({returncode}): {message or 'it stopped reading'}")
+
+    def _stop(self, kill: bool) -> int | None:
+        """Close the input (dropping what it still buffers), kill ffmpeg if asked, and wait for
+        it; returns its exit status."""
+        if self._proc is None:
+            return None
+        if kill:
+            self._proc.kill()
+        with suppress(OSError):
+            self._input().close()
+        return self._proc.wait()
+
+    def kill(self) -> None:
+        """Stop ffmpeg if it still runs, wait for it, and drop its log."""
+        self._stop(kill=True)
+        self._log.close()
+
+    def __enter__(self) -> _Ffmpeg:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.finish()
+        else:
+            self.kill()
+
+
+def _run_ffmpeg(args: list[str], stdin: bytes | memoryview) -> _Ffmpeg:
+    """Start the bundled ffmpeg with `args` and write `stdin` to it (b"" when it reads files).
+
+    Use the result as a context manager: `_Ffmpeg.write` gives more input, and the block's end
+    waits for ffmpeg, raising ``RuntimeError("ffmpeg failed (<rc>): <log>")`` when it fails.
+    """
     import imageio_ffmpeg  # here, not at the top: reading and writing images never needs it
 
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *args]
-    result = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip()
-        raise RuntimeError(f"ffmpeg failed ({result.returncode}): {message}")
+    ffmpeg = _Ffmpeg(cmd)
+    try:
+        ffmpeg.write(stdin)
+    except BaseException:
+        ffmpeg.kill()
+        raise
+    return ffmpeg
 
 
-def _raw_input_args(width: int, height: int, fps: float) -> list[str]:
-    """ffmpeg arguments that read rgb24 frames from stdin at `fps` (no audio)."""
+def _raw_input_args(width: int, height: int, fps: float, source: str = "-") -> list[str]:
+    """ffmpeg arguments that read rgb24 frames at `fps` from `source` (stdin by default)."""
     rate = str(Fraction(fps).limit_denominator(1001))
     size = f"{width}x{height}"
-    return ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size, "-r", rate, "-i", "-", "-an"]
+    return ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size, "-r", rate, "-i", source]
 
 
-def _pad_to_even(frames: np.ndarray) -> np.ndarray:
-    """Pad (F, H, W, 3) frames by edge replication so H and W are even."""
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+def _pad_to_even(image: np.ndarray) -> np.ndarray:
+    """Pad an (H, W, 3) frame by edge replication so H and W are even (yuv420p needs it)."""
+    pad_h, pad_w = image.shape[0] % 2, image.shape[1] % 2
     if not (pad_h or pad_w):
-        return frames
-    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        return image
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
 GIF_MAX_FPS = 50.0
@@ -659,35 +770,72 @@ GIF_MAX_FPS = 50.0
 100 ms: a GIF faster than 50 fps is written at 50 fps (with a warning)."""
 
 
-def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """H.264 / yuv420p MP4 (BT.709, tagged), odd sizes padded to even."""
-    frames = np.ascontiguousarray(_pad_to_even(frames))
-    height, width = frames.shape[1:3]
+def _mp4_args(path: Path, width: int, height: int, fps: float) -> list[str]:
+    """ffmpeg arguments for H.264 / yuv420p MP4 (BT.709, tagged) from rgb24 frames on stdin."""
     encode = ["-c:v", "libx264", "-preset", "medium", "-crf", str(MP4_CRF)]
     output = ["-vf", _MP4_FILTER, "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4"]
-    _run_ffmpeg(
-        [*_raw_input_args(width, height, fps), *encode, *output, str(path)], frames.tobytes()
-    )
+    return [*_raw_input_args(width, height, fps), "-an", *encode, *output, str(path)]
 
 
-def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Looping GIF with one global palette; every frame is kept, even repeated ones."""
-    if fps > GIF_MAX_FPS:
-        warnings.warn(
-            f"a GIF plays at most {GIF_MAX_FPS:g} fps in most viewers (shorter frame delays are "
-            f"shown at 100 ms): writing {path.name} at {GIF_MAX_FPS:g} fps instead of {fps:g}",
-            stacklevel=3,
-        )
-        fps = GIF_MAX_FPS
-    height, width = frames.shape[1:3]
-    output = ["-vf", _GIF_FILTER, "-loop", "0", "-f", "gif"]
-    _run_ffmpeg([*_raw_input_args(width, height, fps), *output, str(path)], frames.tobytes())
+def _encode_gif(frames: Path, path: Path, size: tuple[int, int], fps: float) -> None:
+    """Encode the raw rgb24 file `frames` of (H, W) `size` as a looping GIF at `path`.
+
+    One palette for the whole clip: ffmpeg reads the frames twice, palettegen into a temporary
+    palette PNG, then paletteuse with it. This gives the same GIF, byte for byte, as one pass
+    with ``split``, which holds every frame in ffmpeg's memory until the palette is known.
+    Every frame is kept, even repeated ones.
+    """
+    height, width = size
+    source = _raw_input_args(width, height, fps, str(frames))
+    palette = _temp_sibling(path, "palette", ".png")
+    make_palette = ["-an", "-vf", _GIF_PALETTE, "-frames:v", "1", "-update", "1", str(palette)]
+    use_palette = ["-i", str(palette), "-an", "-lavfi", f"[0:v][1:v]{_GIF_DITHER}"]
+    gif = ["-loop", "0", "-f", "gif", str(path)]
+    passes = [[*source, *make_palette], [*source, *use_palette, *gif]]
+    try:
+        for args in passes:
+            with _run_ffmpeg(args, b""):
+                pass  # ffmpeg reads files; the block's end waits for it
+    finally:
+        _remove(palette)
 
 
-def _write_folder(path: Path, frames: np.ndarray) -> None:
-    """``0000.png``, ``0001.png``, ... in the (empty, staging) folder `path`."""
-    for index, frame in enumerate(frames):
-        Image.fromarray(frame).save(path / f"{index:04d}.png", format="PNG")
+class _GifFrames:
+    """A GIF's frames on their way: appended to a raw rgb24 file next to the GIF's temporary
+    (a palette for the whole clip needs every frame before the first can be encoded) and
+    encoded by `_encode_gif` when the block ends normally. The raw file is removed either way.
+    """
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
+        self._path, self._size, self._fps = path, size, fps
+        self._raw = _temp_sibling(path, "frames", ".rgb")
+        self._file = self._raw.open("xb")
+
+    def write(self, image: np.ndarray) -> None:
+        self._file.write(image.data)
+
+    def __enter__(self) -> _GifFrames:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self._file.close()
+            if exc is None:
+                _encode_gif(self._raw, self._path, self._size, self._fps)
+        finally:
+            _remove(self._raw)
+
+
+class _PngFrames:
+    """``0000.png``, ``0001.png``, ... saved into the (staging) folder as frames come."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._count = 0
+
+    def write(self, image: np.ndarray) -> None:
+        Image.fromarray(image).save(self._folder / f"{self._count:04d}.png", format="PNG")
+        self._count += 1
 
 
 def video_kind(path: PathLike, where: str | None = None) -> str:
@@ -710,14 +858,126 @@ def video_kind(path: PathLike, where: str | None = None) -> str:
     return suffix[1:]
 
 
+class VideoWriter:
+    """Writes a video frame by frame, so that memory does not grow with the number of frames.
+
+    A 12-megapixel photo animated over 128 frames is gigabytes as one clip (issue "Photos as
+    people take them"): the writer holds one frame at a time, whatever the clip's length. The
+    format is chosen by `video_kind`, and the file is the one `write_video` writes:
+
+    - ``.mp4``: ffmpeg (libx264, crf `MP4_CRF`, yuv420p, BT.709) starts at the first frame,
+      and each frame is piped to it as it comes, an odd H or W padded to even by edge
+      replication.
+    - ``.gif``: one palette for the whole clip needs every frame before the first can be
+      encoded, so the frames go to a temporary raw file next to the GIF's temporary, and at the
+      end ffmpeg reads that file twice (palettegen, then paletteuse): disk, not memory, holds
+      the clip (H * W * 3 bytes a frame). Above `GIF_MAX_FPS` the rate is clamped with a
+      warning.
+    - a folder: each frame saved as ``%04d.png`` as it comes (an existing folder is written
+      into, see `Staging.folder`).
+
+    Use it as a context manager. The size is the first frame's; a frame of another size raises
+    ValueError, and so does leaving the block with no frame written. The output is staged: in
+    the caller's `staging` (the caller commits it), else in the writer's own `staged_outputs`,
+    committed when the block ends normally. An exception, an `anima.interrupts.Interrupted`
+    included, kills ffmpeg, waits for it and leaves nothing behind.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        fps: float,
+        where: str | None = None,
+        staging: Staging | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.kind = video_kind(self.path, where)
+        if not (fps > 0 and np.isfinite(fps)):
+            raise ValueError(f"fps must be a positive number, got {fps}")
+        if self.kind == "gif" and fps > GIF_MAX_FPS:
+            warnings.warn(
+                f"a GIF plays at most {GIF_MAX_FPS:g} fps in most viewers (shorter frame delays "
+                f"are shown at 100 ms): writing {self.path.name} at {GIF_MAX_FPS:g} fps instead "
+                f"of {fps:g}",
+                stacklevel=2,
+            )
+            fps = GIF_MAX_FPS
+        self.fps = fps
+        self._staging = staging
+        self._stack = ExitStack()
+        self._outputs: Staging | None = None
+        self._put: Callable[[np.ndarray], None] | None = None
+        self._size: tuple[int, ...] = ()
+        self._count = 0
+
+    @property
+    def frames_written(self) -> int:
+        """The frames written so far."""
+        return self._count
+
+    def __enter__(self) -> VideoWriter:
+        if self._staging is None:
+            self._outputs = self._stack.enter_context(staged_outputs())
+        else:
+            self._outputs = self._staging
+        return self
+
+    def write(self, frame: ArrayLike) -> None:
+        """Add one frame: (3, H, W) float in [0, 1] or (H, W, 3) uint8, a tensor or an array."""
+        if self._outputs is None:
+            raise RuntimeError("VideoWriter.write outside its with block")
+        image = _frame_hwc_uint8(frame)
+        if self._put is None:
+            self._put = self._start(self._outputs, image)
+        elif image.shape[:2] != self._size:
+            (height, width), (first_h, first_w) = image.shape[:2], self._size
+            raise ValueError(
+                f"frame {self._count} of '{self.path}' is {width}x{height} pixels, "
+                f"the first was {first_w}x{first_h}"
+            )
+        else:
+            self._put(image)
+        self._count += 1
+
+    def _start(self, outputs: Staging, image: np.ndarray) -> Callable[[np.ndarray], None]:
+        """Stage the output for frames of `image`'s size and write `image` to it; returns how
+        the frames that follow are written."""
+        self._size = image.shape[:2]
+        if self.kind == "mp4":
+            padded = _pad_to_even(image)
+            height, width = padded.shape[:2]
+            args = _mp4_args(outputs.file(self.path), width, height, self.fps)
+            ffmpeg = self._stack.enter_context(_run_ffmpeg(args, padded.data))
+            return lambda image: ffmpeg.write(_pad_to_even(image).data)
+        if self.kind == "gif":
+            size = (image.shape[0], image.shape[1])
+            gif = _GifFrames(outputs.file(self.path), size, self.fps)
+            put = self._stack.enter_context(gif).write
+        else:
+            put = _PngFrames(outputs.folder(self.path)).write
+        put(image)
+        return put
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        self._outputs = None
+        if exc is None and self._count == 0:
+            with self._stack:
+                raise ValueError(f"no frames were written to '{self.path}'")
+        return self._stack.__exit__(exc_type, exc, tb)
+
+
 def write_video(
     path: PathLike,
-    frames: ArrayLike,
+    frames: ArrayLike | Iterable[ArrayLike],
     fps: float,
     where: str | None = None,
     staging: Staging | None = None,
 ) -> None:
-    """Write (F, 3, H, W) float frames in [0, 1] as a video, chosen by the suffix of `path`.
+    """Write frames in [0, 1] as a video, chosen by the suffix of `path`.
+
+    `frames` is an (F, 3, H, W) float tensor or array, or any iterable of frames
+    (`VideoWriter.write` says which): they go to a `VideoWriter` one at a time, so a generator
+    that makes each frame as it is written never needs the whole clip in memory.
 
     - ``.mp4``: H.264 (libx264, crf `MP4_CRF`), yuv420p, BT.709. yuv420p needs even sizes,
       so an odd H or W is padded by edge replication: the decoded size is then H, W rounded
@@ -731,18 +991,12 @@ def write_video(
     Another suffix raises `InputError`. The write is atomic in every case; with `staging` it
     is part of the caller's outputs, moved into place when the caller commits them.
     """
-    path = Path(path)
-    kind = video_kind(path, where)
-    if not (fps > 0 and np.isfinite(fps)):
-        raise ValueError(f"fps must be a positive number, got {fps}")
-    array = _frames_hwc_uint8(frames)
-    with nullcontext(staging) if staging else staged_outputs() as outputs:
-        if kind == "folder":
-            _write_folder(outputs.folder(path), array)
-        elif kind == "mp4":
-            _write_mp4(outputs.file(path), array, fps)
-        else:
-            _write_gif(outputs.file(path), array, fps)
+    writer = VideoWriter(path, fps, where, staging)
+    if isinstance(frames, (torch.Tensor, np.ndarray)) and (frames.ndim != 4 or len(frames) == 0):
+        raise ValueError(f"frames must be shaped (F>0, 3, H, W), got {tuple(frames.shape)}")
+    with writer:
+        for frame in frames:
+            writer.write(frame)
 
 
 def _natural_key(name: str) -> list[int | str]:

@@ -1,7 +1,9 @@
 """The one data flow every entry point runs: MotionSpec -> Scene -> method.prepare -> generate.
 
-The CLI, the studio and the Python API call `animate`; `write_dump` writes the intermediate truth
-(`--dump DIR`) in the layout the README's CLI section fixes.
+The CLI, the studio and the Python API call `animate`, which returns the video as a stream of
+frames (`anima.stream`); `write_outputs` consumes it frame by frame into the video and the dump
+of intermediate truth (`--dump DIR`, in the layout the README's CLI section fixes), so that
+memory does not grow with the clip.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +20,12 @@ import torch
 from pydantic import ValidationError
 
 from anima.errors import InputError
-from anima.io import Staging, staged_outputs, write_depth_png, write_png
+from anima.io import Staging, VideoWriter, staged_outputs, write_depth_png, write_png
 from anima.methods.base import Controls
 from anima.methods.registry import default_method, get_method
 from anima.scene import Scene, build_scene
 from anima.spec import MotionSpec, format_validation_error, spec_to_json
+from anima.stream import FrameStream, OutputFrame
 from anima.weights import Weights
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -90,10 +93,18 @@ def resolve_spec(
 
 @dataclass
 class AnimateResult:
-    frames: torch.Tensor  # (F, 3, H, W)
+    """A run's video as a stream (`anima.stream`: consumed once by the outputs, or held),
+    its controls, the resolved spec and the seconds each stage took."""
+
+    stream: FrameStream
     controls: Controls
     spec: MotionSpec  # resolved
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def frames(self) -> torch.Tensor:
+        """The whole video (F, 3, H, W) float in [0, 1], held in memory (`FrameStream.hold`)."""
+        return self.stream.tensor()
 
 
 def animate(
@@ -136,39 +147,98 @@ def animate(
 
     start = time.perf_counter()
     stage(f"generating with {method_cls.name}")
-    frames = method.generate(controls)
+    stream = method.stream(controls)
     seconds["generate"] = time.perf_counter() - start
-    return AnimateResult(frames.float().clamp(0, 1).cpu(), controls, spec, seconds)
+    return AnimateResult(stream, controls, spec, seconds)
+
+
+def write_outputs(
+    result: AnimateResult,
+    video: Path | None,
+    dump: Path | None,
+    staging: Staging,
+    where: str = "-o",
+    on_frame: Callable[[int], None] | None = None,
+) -> None:
+    """Consume the run's stream once into its video (``video``) and its dump (``dump``), frame
+    by frame as the method makes them, into ``staging`` (committed by the caller: both or
+    neither), calling ``on_frame(frames done)`` after each. ``result.seconds`` gains
+    ``frames`` (making them) and ``write`` (the rest)."""
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        writer = None
+        if video is not None:
+            writer = stack.enter_context(VideoWriter(video, result.spec.fps, where, staging))
+        dumper = None
+        if dump is not None:
+            dumper = stack.enter_context(DumpWriter(staging.folder(dump), result))
+        for done, frame in enumerate(result.stream, 1):
+            if writer is not None:
+                writer.write(frame.image)
+            if dumper is not None:
+                dumper.write(frame)
+            if on_frame is not None:
+                on_frame(done)
+    result.seconds["frames"] = result.stream.seconds
+    result.seconds["write"] = time.perf_counter() - start - result.stream.seconds
 
 
 def write_dump(directory: Path, result: AnimateResult, staging: Staging | None = None) -> None:
-    """Every intermediate (`write_dump_files`) into ``directory``, atomically. An existing
-    folder is written into: only the files a dump writes are replaced (`anima.io.Staging`).
-    With ``staging`` the dump is part of the caller's outputs, moved in when they commit."""
+    """The run's dump (`DumpWriter`) into ``directory``, atomically. An existing folder is
+    written into: only the files a dump writes are replaced (`anima.io.Staging`). With
+    ``staging`` the dump is part of the caller's outputs, moved in when they commit."""
     with nullcontext(staging) if staging else staged_outputs() as outputs:
         write_dump_files(outputs.folder(directory), result)
 
 
 def write_dump_files(folder: Path, result: AnimateResult) -> None:
-    """frames/, render/{rgb,depth,instance,visible}/, render/depth.npy, controls.json and
-    spec.resolved.json, written into ``folder`` (the layout the README's CLI section fixes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for f, frame in enumerate(result.frames):
-        write_png(folder / "frames" / f"{f:04d}.png", frame)
-    rendered = result.controls.render
-    if rendered is not None:
-        for f in range(rendered.num_frames):
-            name = f"{f:04d}.png"
-            write_png(folder / "render" / "rgb" / name, rendered.rgb[f])
-            write_depth_png(folder / "render" / "depth" / name, rendered.distance[f])
-            write_png(
-                folder / "render" / "instance" / name,
-                rendered.instance[f].clamp(0, 255).to(torch.uint8).numpy(),
-            )
-            write_png(
-                folder / "render" / "visible" / name,
-                (rendered.visible[f].numpy() * 255).astype(np.uint8),
-            )
-        np.save(folder / "render" / "depth.npy", rendered.distance.numpy().astype(np.float32))
-    (folder / "controls.json").write_text(json.dumps(result.controls.to_json()))
-    (folder / "spec.resolved.json").write_text(spec_to_json(result.spec) + "\n")
+    """The dump of ``result`` written into ``folder`` (`DumpWriter`), consuming its stream."""
+    with DumpWriter(folder, result) as dumper:
+        for frame in result.stream:
+            dumper.write(frame)
+
+
+class DumpWriter:
+    """Writes a dump frame by frame (the layout the README's CLI section fixes):
+    ``frames/NNNN.png``; where the method rendered, ``render/{rgb,depth,instance,visible}/
+    NNNN.png`` and ``render/depth.npy`` (F, h, w) float32, filled frame by frame through a
+    memory map; then, on a clean exit, ``controls.json`` and ``spec.resolved.json``."""
+
+    def __init__(self, folder: Path, result: AnimateResult) -> None:
+        self.folder = folder
+        self.result = result
+        self.index = 0
+        self._depth: np.memmap | None = None
+
+    def __enter__(self) -> DumpWriter:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, frame: OutputFrame) -> None:
+        name = f"{self.index:04d}.png"
+        write_png(self.folder / "frames" / name, frame.image)
+        rendered = frame.render
+        if rendered is not None:
+            render = self.folder / "render"
+            write_png(render / "rgb" / name, rendered.rgb)
+            write_depth_png(render / "depth" / name, rendered.distance)
+            instance = rendered.instance.clamp(0, 255).to(torch.uint8).numpy()
+            write_png(render / "instance" / name, instance)
+            write_png(render / "visible" / name, rendered.visible.numpy().astype(np.uint8) * 255)
+            if self._depth is None:
+                shape = (self.result.stream.num_frames, *rendered.distance.shape)
+                self._depth = np.lib.format.open_memmap(
+                    render / "depth.npy", mode="w+", dtype=np.float32, shape=shape
+                )
+            self._depth[self.index] = rendered.distance.numpy()
+        self.index += 1
+
+    def __exit__(self, kind: type[BaseException] | None, *_rest: object) -> None:
+        if self._depth is not None:
+            self._depth.flush()
+            self._depth = None  # closes the map
+        if kind is None:
+            controls = json.dumps(self.result.controls.to_json())
+            (self.folder / "controls.json").write_text(controls)
+            spec = spec_to_json(self.result.spec) + "\n"
+            (self.folder / "spec.resolved.json").write_text(spec)

@@ -46,6 +46,7 @@ z-test, giving per frame RGB, planar distance, instance ids (0 = background) and
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -66,6 +67,16 @@ _HIDDEN_DEPTH = 1e30  # z-test depth of guessed (inpainted) plate pixels: they n
 
 
 @dataclass
+class RenderFrame:
+    """One rendered frame: what `RenderResult` holds for every frame."""
+
+    rgb: torch.Tensor  # (3, H, W) float32 in [0, 1]
+    distance: torch.Tensor  # (H, W) float32 planar distance
+    instance: torch.Tensor  # (H, W) int64, object id or 0
+    visible: torch.Tensor  # (H, W) bool: the pixel shows an observed scene point
+
+
+@dataclass
 class RenderResult:
     """Per-frame render of a scene: the geometric truth every 3D-aware method is guided by."""
 
@@ -77,6 +88,24 @@ class RenderResult:
     @property
     def num_frames(self) -> int:
         return int(self.rgb.shape[0])
+
+    def frame(self, f: int) -> RenderFrame:
+        return RenderFrame(self.rgb[f], self.distance[f], self.instance[f], self.visible[f])
+
+    def __iter__(self) -> Iterator[RenderFrame]:
+        for f in range(self.num_frames):
+            yield self.frame(f)
+
+    @classmethod
+    def stack(cls, frames: Iterable[RenderFrame]) -> RenderResult:
+        """The frames of a `Renderer` (or any frames) held together."""
+        frames = list(frames)
+        return cls(
+            torch.stack([frame.rgb for frame in frames]),
+            torch.stack([frame.distance for frame in frames]),
+            torch.stack([frame.instance for frame in frames]),
+            torch.stack([frame.visible for frame in frames]),
+        )
 
 
 @dataclass
@@ -351,6 +380,8 @@ def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_pl
         )
     all_observed = torch.ones(scene.size, dtype=torch.bool)
     for object_id in scene.object_ids:
+        if not bool(scene.mask(object_id).any()):
+            continue  # too small to cover a pixel centre at this size: nothing to draw
         groups.append(
             _point_group(
                 scene,
@@ -435,136 +466,175 @@ def _footprint_splats(
     return target, keys[target]
 
 
-def render(
-    scene: Scene,
-    animation: Animation,
-    plate: BackgroundPlate | None = None,
-    fill_holes: bool = True,
-) -> RenderResult:
-    """Render every frame of ``animation`` (see the module docstring for the method)."""
-    plate = plate if plate is not None else background_plate(scene)
-    height, width = scene.size
-    num_pixels, frames = height * width, animation.num_frames
-    splat_plate = not animation.camera_static
-    groups = _groups(scene, animation, plate, splat_plate)
-    near = near_plane(scene)
+class Renderer:
+    """Renders an animation frame by frame: iterate it, or ask for `frame` (f).
 
-    # One attribute table for every point that can win a pixel. Without plate splatting, the
-    # plate's pixels come first (index = pixel index) and seed the z-buffer.
-    table_rgb, table_instance, table_observed = [], [], []
-    if not splat_plate:
-        table_rgb.append(plate.rgb.reshape(3, -1).T)
-        table_instance.append(torch.zeros(num_pixels, dtype=torch.int64))
-        table_observed.append(plate.observed.reshape(-1))
-        plate_z = plate.distance.reshape(-1).float()
-        seed_z = torch.where(plate.observed.reshape(-1), plate_z, torch.tensor(_HIDDEN_DEPTH))
-        seed_keys = _depth_keys(seed_z, torch.arange(num_pixels))
-    else:
-        seed_keys = torch.full((num_pixels,), _EMPTY, dtype=torch.int64)
-    starts = []
-    for group in groups:
-        starts.append(sum(len(t) for t in table_instance))
-        table_rgb.append(group.rgb)
-        table_instance.append(torch.full((len(group.rgb),), group.instance, dtype=torch.int64))
-        table_observed.append(group.observed)
-    table_rgb = torch.cat(table_rgb)
-    table_instance = torch.cat(table_instance)
-    table_observed = torch.cat(table_observed)
-    table_size = len(table_instance)
+    The point groups and their attribute tables are built once; each frame is then computed on
+    its own, so a clip of any length needs the memory of one frame (issue "Photos as people
+    take them", part 1: frames stream to the encoder and the dump).
 
-    rgb = torch.empty(frames, 3, num_pixels)
-    distance = torch.empty(frames, num_pixels)
-    instance = torch.empty(frames, num_pixels, dtype=torch.int64)
-    visible = torch.empty(frames, num_pixels, dtype=torch.bool)
-    holes = torch.zeros(frames, num_pixels, dtype=torch.bool)
-    for f in range(frames):
-        depth_of = torch.empty(table_size)
-        if not splat_plate:
-            depth_of[:num_pixels] = plate_z
+    With a static camera, the plate is the frame wherever no object lands: the z-buffer then
+    runs only on the pixels that objects' splats reach (sorted and indexed with
+    ``searchsorted``), seeded with the plate's depths there, and the frame is the plate with
+    those pixels replaced, so the cost of a frame follows the objects' pixels, not the photo's.
+    With a moving camera every pixel takes part."""
+
+    def __init__(
+        self,
+        scene: Scene,
+        animation: Animation,
+        plate: BackgroundPlate | None = None,
+        fill_holes: bool = True,
+    ) -> None:
+        self.animation = animation
+        self.size = scene.size
+        self.fill_holes = fill_holes
+        self.plate = plate if plate is not None else background_plate(scene)
+        self.splat_plate = not animation.camera_static
+        self.groups = _groups(scene, animation, self.plate, self.splat_plate)
+        self.near = near_plane(scene)
+        # Table indices: without plate splatting, index i < H W is the plate's pixel i; the
+        # groups' points follow, group g from starts[g].
+        first = 0 if self.splat_plate else self.size[0] * self.size[1]
+        self.starts = []
+        for group in self.groups:
+            self.starts.append(first)
+            first += len(group.rgb)
+        if not self.splat_plate:
+            observed = self.plate.observed.reshape(-1)
+            plate_z = self.plate.distance.reshape(-1).float()
+            self.seed_z = torch.where(observed, plate_z, torch.tensor(_HIDDEN_DEPTH))
+
+    @property
+    def num_frames(self) -> int:
+        return self.animation.num_frames
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __iter__(self) -> Iterator[RenderFrame]:
+        for f in range(self.num_frames):
+            yield self.frame(f)
+
+    def _splats(self, f: int) -> list[tuple[torch.Tensor, ...]]:
+        """Per group: (camera, projections (M, 2), depths (M,), target pixels, z-buffer keys)."""
+        height, width = self.size
+        intrinsics = self.animation.intrinsics[f].float()
         splats = []
-        for group, start in zip(groups, starts, strict=True):
-            cam = (animation.world_to_camera[f] @ group.pose[f]).float()
-            intrinsics = animation.intrinsics[f].float()
+        for group, start in zip(self.groups, self.starts, strict=True):
+            cam = (self.animation.world_to_camera[f] @ group.pose[f]).float()
             xy, z = project(transform_points(cam, group.world), intrinsics)
             px = torch.floor(xy[:, 0] + 0.5).long()
             py = torch.floor(xy[:, 1] + 0.5).long()
-            inside = (z > near) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
-            depth_of[start : start + len(z)] = z
+            inside = (z > self.near) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
             test_z = torch.where(group.observed, z, torch.tensor(_HIDDEN_DEPTH))
-            index = torch.arange(start, start + len(z))
             if len(group.wide):
                 inside[group.wide] = False
             target = (py * width + px)[inside]
-            key = _depth_keys(test_z[inside], index[inside])
+            key = _depth_keys(test_z[inside], torch.nonzero(inside)[:, 0] + start)
             if len(group.wide):
                 wide_target, wide_key = _footprint_splats(
-                    group, cam, intrinsics, xy, z, test_z, start, near, (height, width)
+                    group, cam, intrinsics, xy, z, test_z, start, self.near, self.size
                 )
                 target, key = torch.cat([target, wide_target]), torch.cat([key, wide_key])
-            splats.append((cam, xy, target, key))
+            splats.append((cam, xy, z, target, key))
+        return splats
+
+    def frame(self, f: int) -> RenderFrame:
+        """Frame ``f`` (see the module docstring for the method)."""
+        height, width = self.size
+        num_pixels = height * width
+        intrinsics = self.animation.intrinsics[f].float()
+        splats = self._splats(f)
+        if self.splat_plate:  # every pixel is in play; local index = pixel index
+            pixels = None
+            seed = torch.full((num_pixels,), _EMPTY, dtype=torch.int64)
+            targets = [target for *_, target, _ in splats]
+        else:
+            touched = [target for *_, target, _ in splats]
+            no_pixel = torch.zeros(0, dtype=torch.int64)
+            pixels = torch.unique(torch.cat(touched)) if touched else no_pixel
+            seed = _depth_keys(self.seed_z[pixels], pixels)
+            targets = [torch.searchsorted(pixels, target) for target in touched]
         # Pass 1 splats everything; an object whose surface does not reach a pixel's centre
         # (its winner maps back outside the object's mask) is then taken out of that pixel,
         # and pass 2 lets the surface behind show: silhouettes are exact, not rounded.
-        uncovered: list[torch.Tensor | None] = [None] * len(groups)
+        uncovered: list[torch.Tensor | None] = [None] * len(self.groups)
         for attempt in range(2):
-            keys = seed_keys.clone()
-            for (_, _, target, key), skip in zip(splats, uncovered, strict=True):
+            keys = seed.clone()
+            for target, (*_, key), skip in zip(targets, splats, uncovered, strict=True):
                 if skip is not None:
                     keep = ~skip[target]
                     target, key = target[keep], key[keep]
                 keys.scatter_reduce_(0, target, key, reduce="amin")
             empty = keys == _EMPTY
             winner = torch.where(empty, torch.zeros_like(keys), keys & 0xFFFFFFFF)
-            sources = []
-            for group, start, (cam, xy, _, _) in zip(groups, starts, splats, strict=True):
+            won_by = []
+            for group, start, (cam, xy, *_) in zip(self.groups, self.starts, splats, strict=True):
                 won = torch.nonzero(~empty & (winner >= start) & (winner < start + len(xy)))[:, 0]
-                pixel_xy = torch.stack([won % width, won // width], dim=-1).float()
-                source = _source_positions(
-                    group, cam, animation.intrinsics[f].float(), xy, winner[won] - start, pixel_xy
-                )
-                sources.append((won, source))
+                at = won if pixels is None else pixels[won]
+                pixel_xy = torch.stack([at % width, at // width], dim=-1).float()
+                index = winner[won] - start
+                source = _source_positions(group, cam, intrinsics, xy, index, pixel_xy)
+                won_by.append((won, at, index, source))
             if attempt == 1:
                 break
-            for g, (group, (won, source)) in enumerate(zip(groups, sources, strict=True)):
+            for g, (group, (won, _, _, source)) in enumerate(zip(self.groups, won_by, strict=True)):
                 if group.instance == 0:
                     continue
                 outside = ~_in_support(group.support, source)
                 if bool(outside.any()):
-                    uncovered[g] = torch.zeros(num_pixels, dtype=torch.bool)
+                    uncovered[g] = torch.zeros(len(keys), dtype=torch.bool)
                     uncovered[g][won[outside]] = True
             if all(u is None for u in uncovered):
                 break
-        rgb[f] = table_rgb[winner].T
-        for group, (won, source) in zip(groups, sources, strict=True):
-            fallback = table_rgb[winner[won]]
-            rgb[f][:, won] = _supported_colour(group.colours, group.support, source, fallback).T
-        distance[f] = depth_of[winner]
-        instance[f] = torch.where(empty, 0, table_instance[winner])
-        visible[f] = table_observed[winner] & ~empty
-        holes[f] = empty
 
-    result = RenderResult(
-        rgb.reshape(frames, 3, height, width).clamp(0, 1),
-        distance.reshape(frames, height, width),
-        instance.reshape(frames, height, width),
-        visible.reshape(frames, height, width),
-    )
-    if fill_holes and bool(holes.any()):
-        _fill_holes(result, holes.reshape(frames, height, width))
-    return result
+        if self.splat_plate:
+            rgb = torch.zeros(3, num_pixels)
+            distance = torch.zeros(num_pixels)
+            visible = torch.zeros(num_pixels, dtype=torch.bool)
+        else:
+            rgb = self.plate.rgb.reshape(3, -1).clone()
+            distance = self.plate.distance.reshape(-1).float().clone()
+            visible = self.plate.observed.reshape(-1).clone()
+        instance = torch.zeros(num_pixels, dtype=torch.int64)
+        for group, (*_, z, _, _), (_, at, index, source) in zip(
+            self.groups, splats, won_by, strict=True
+        ):
+            fallback = group.rgb[index]
+            rgb[:, at] = _supported_colour(group.colours, group.support, source, fallback).T
+            distance[at] = z[index]
+            instance[at] = group.instance
+            visible[at] = group.observed[index]
+        frame = RenderFrame(
+            rgb.reshape(3, height, width).clamp_(0, 1),
+            distance.reshape(height, width),
+            instance.reshape(height, width),
+            visible.reshape(height, width),
+        )
+        if self.splat_plate and self.fill_holes and bool(empty.any()):
+            _fill_holes(frame, empty.reshape(height, width))
+        return frame
 
 
-def _fill_holes(result: RenderResult, holes: torch.Tensor, radius: int = 3) -> None:
-    """Inpaint pixels no point landed on (camera moves only), in place."""
-    for f in range(result.num_frames):
-        hole = holes[f].numpy().astype(np.uint8)
-        if not hole.any():
-            continue
-        rgb8 = (result.rgb[f].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-        filled = torch.from_numpy(cv2.inpaint(rgb8, hole, radius, cv2.INPAINT_TELEA))
-        depth = result.distance[f].numpy().astype(np.float32).copy()
-        depth[hole > 0] = 0.0
-        depth = torch.from_numpy(cv2.inpaint(depth, hole, radius, cv2.INPAINT_TELEA))
-        mask = holes[f]
-        result.rgb[f] = torch.where(mask, filled.permute(2, 0, 1).float() / 255, result.rgb[f])
-        result.distance[f] = torch.where(mask, depth, result.distance[f])
+def render(
+    scene: Scene,
+    animation: Animation,
+    plate: BackgroundPlate | None = None,
+    fill_holes: bool = True,
+) -> RenderResult:
+    """Every frame of ``animation`` at once (`Renderer`; for methods that need the whole clip,
+    at the size they work at)."""
+    return RenderResult.stack(Renderer(scene, animation, plate, fill_holes))
+
+
+def _fill_holes(frame: RenderFrame, holes: torch.Tensor, radius: int = 3) -> None:
+    """Inpaint the pixels no point landed on (camera moves only), in place."""
+    hole = holes.numpy().astype(np.uint8)
+    rgb8 = (frame.rgb.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    filled = torch.from_numpy(cv2.inpaint(rgb8, hole, radius, cv2.INPAINT_TELEA))
+    depth = frame.distance.numpy().astype(np.float32).copy()
+    depth[hole > 0] = 0.0
+    depth = torch.from_numpy(cv2.inpaint(depth, hole, radius, cv2.INPAINT_TELEA))
+    frame.rgb[:] = torch.where(holes, filled.permute(2, 0, 1).float() / 255, frame.rgb)
+    frame.distance[:] = torch.where(holes, depth, frame.distance)

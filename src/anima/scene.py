@@ -86,6 +86,79 @@ class Scene:
         """(H, W, 3) camera-space points of every pixel."""
         return unproject(pixel_grid(self.size), self.distance.double(), self.intrinsics)
 
+    def resized(self, size: tuple[int, int]) -> Scene:
+        """The same scene seen at another pixel size (H, W), with the same field of view.
+
+        Why (issue "Photos as people take them", part 2): a photo is worked on at its own size
+        (12 megapixels, say), but a method generates at its own, often much smaller, size; it
+        renders its guidance there (`anima.animation.Animation.resized` maps the motion) rather
+        than rendering the full size and shrinking the render.
+
+        - ``image``: area averaging along a side that shrinks (``cv2.INTER_AREA``), bilinear
+          along one that grows;
+        - ``distance`` and ``instance``: both sampled at the nearest source pixel of each target
+          pixel centre (`pixel_mapping`), so that they stay consistent with each other and an
+          object's distance never mixes with the background's at its edge; planar distances do
+          not depend on the resolution, so the values are kept;
+        - ``intrinsics``: mapped exactly by the same pixel mapping, K' = A K (`pixel_mapping`),
+          so a 3D point that projects at x projects at (x + 0.5) W' / W - 0.5 (same for y);
+        - ``object_ids`` are kept: an object too small for ``size`` keeps its id, its mask is
+          then empty.
+
+        The same size returns ``self``."""
+        size = (int(size[0]), int(size[1]))
+        if size == self.size:
+            return self
+        if min(size) < 1:
+            raise ValueError(f"a scene size must be positive, got {size}")
+        rows = nearest_source_pixels(self.size[0], size[0])
+        cols = nearest_source_pixels(self.size[1], size[1])
+        image = _resize_image(self.image.permute(1, 2, 0).float().numpy(), size)
+        return Scene(
+            image=torch.from_numpy(image).permute(2, 0, 1).to(self.image.dtype).clamp(0, 1),
+            distance=self.distance[rows][:, cols],
+            instance=self.instance[rows][:, cols],
+            intrinsics=pixel_mapping(self.size, size) @ self.intrinsics.double(),
+            object_ids=list(self.object_ids),
+            depth_source=self.depth_source,
+        )
+
+
+def pixel_mapping(source: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """(3, 3) float64 A taking homogeneous pixel coordinates of the ``source`` grid (H, W) to
+    those of the same view in the ``target`` grid (H', W'): pixel centres at integers, the
+    grids' outer edges aligned, so x' = (x + 0.5) W' / W - 0.5 and y' = (y + 0.5) H' / H - 0.5.
+    Intrinsics map as K' = A K (fx' = fx W' / W, cx' = (cx + 0.5) W' / W - 0.5, ...)."""
+    sx, sy = target[1] / source[1], target[0] / source[0]
+    return torch.tensor(
+        [[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
+
+
+def nearest_source_pixels(source: int, target: int) -> torch.Tensor:
+    """(target,) int64: along one side, the source pixel nearest to each target pixel centre
+    (`pixel_mapping`: x = (x' + 0.5) source / target - 0.5, rounded half up), in exact integer
+    arithmetic."""
+    centres = 2 * torch.arange(target, dtype=torch.int64) + 1
+    return (centres * source // (2 * target)).clamp(0, source - 1)
+
+
+def _resize_image(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, C) float32 image at ``size`` (H', W'): area averaging along a side that
+    shrinks, bilinear along one that grows (one side at a time when they differ)."""
+    height, width = values.shape[:2]
+
+    def method(old: int, new: int) -> int:
+        return cv2.INTER_AREA if new <= old else cv2.INTER_LINEAR
+
+    if method(height, size[0]) == method(width, size[1]):
+        out = cv2.resize(values, (size[1], size[0]), interpolation=method(width, size[1]))
+    else:
+        out = cv2.resize(values, (size[1], height), interpolation=method(width, size[1]))
+        out = cv2.resize(out, (size[1], size[0]), interpolation=method(height, size[0]))
+    return out.reshape(size[0], size[1], values.shape[2])  # cv2 drops a single channel
+
 
 # ---------------------------------------------------------------------------------------------
 # Sizes: source, working and perception grids

@@ -300,8 +300,7 @@ def evaluate_toy(
                     LeviTorMethod.parse_options(options, "eval"), weights, device, dtype
                 )
                 method.pipeline = pipes.get(variant)
-                frames = method.generate(method.prepare(run_spec, scene))
-                frames = frames.float().clamp(0, 1).cpu()
+                frames = method.stream(method.prepare(run_spec, scene)).tensor()
                 scores[variant] = {k: _finite_or_none(v) for k, v in summary(frames, truth).items()}
                 seconds[variant] = round(time.perf_counter() - start, 3)
                 step(index, variant)

@@ -3,7 +3,8 @@
 (docs/architecture.md, "A method folder")
 
 ``prepare(spec, scene) -> Controls`` turns the spec and scene into what the method's generator is
-conditioned on; ``generate(controls) -> frames`` makes the video. The CLI and the studio look
+conditioned on; ``generate(controls) -> frames`` makes the video, and ``stream(controls)`` gives
+it frame by frame at the output size. The CLI and the studio look
 methods up by name (`anima.methods.registry`) and never special-case one.
 """
 
@@ -22,6 +23,7 @@ from anima.errors import InputError
 from anima.render import RenderResult
 from anima.scene import Scene
 from anima.spec import MotionSpec, format_validation_error
+from anima.stream import FrameStream
 from anima.weights import Component, Weights
 
 #: The one line a float16 run on the CPU prints (`run_dtype`).
@@ -108,4 +110,13 @@ class Method(ABC):
 
     @abstractmethod
     def generate(self, controls: Controls) -> torch.Tensor:
-        """Control signal -> frames (F, 3, H, W) float in [0, 1]."""
+        """Control signal -> frames (F, 3, h, w) float in [0, 1], at the size the method
+        generates at."""
+
+    def stream(self, controls: Controls) -> FrameStream:
+        """The video frame by frame at the output size (the scene's), each frame with its
+        render frame when the method rendered (`anima.stream`). By default `generate`'s
+        frames, each resized as it is asked for; a method that can make its frames one at a
+        time overrides this, so that memory does not grow with the clip."""
+        frames = self.generate(controls)
+        return FrameStream.from_tensor(frames, controls.render, size=controls.scene.size)

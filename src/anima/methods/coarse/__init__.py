@@ -4,25 +4,28 @@ The image is lifted to 3D (`anima.scene`), objects and camera move as the spec s
 (`anima.animation`), and the z-buffer point renderer (`anima.render`) draws every frame with
 correct perspective scaling and occlusion, the background filled from an inpainted plate. It is
 the geometric truth the learned methods are guided by, and the default when no weights are set.
-The LeviTor control points of the render are computed too (cheap), so a dump and the studio can
-show them.
+Frames are made one at a time as the outputs take them (`anima.stream`), so memory does not grow
+with the clip. The LeviTor control points of the clip are computed on a small render when asked
+for, so a dump and the studio can show them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from anima.animation import build_animation
+from anima.animation import Animation, build_animation
 from anima.control_points import ControlPoints, compute_control_points
 from anima.methods.base import Controls, Method
 from anima.methods.registry import register
-from anima.render import render
-from anima.scene import Scene
+from anima.render import Renderer, render
+from anima.scene import Scene, pixel_mapping
 from anima.spec import MotionSpec
+from anima.stream import FrameStream, OutputFrame
 
 
 class CoarseOptions(BaseModel):
@@ -37,12 +40,42 @@ class CoarseOptions(BaseModel):
     )
 
 
+#: Longest side of the render the shown control points are computed on (K-means of masks needs
+#: no more; a 12-megapixel clip is never held whole for them).
+POINTS_MAX_SIDE = 512
+
+
 @dataclass
 class CoarseControls(Controls):
-    points: ControlPoints | None = None
+    """The renderer, which makes the frames as they are asked for, and the animation; the
+    LeviTor control points of the clip are computed when first asked for (`points`)."""
+
+    renderer: Renderer | None = None
+    animation: Animation | None = None
+    points_scale: float = 1.0
+
+    @functools.cached_property
+    def points(self) -> ControlPoints:
+        """LeviTor's K-means control points (`anima.control_points`) of a render of the clip
+        at most `POINTS_MAX_SIDE` pixels a side, in the output's pixels."""
+        assert self.animation is not None
+        size = self.scene.size
+        scale = min(1.0, POINTS_MAX_SIDE / max(size))
+        small = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        clip = render(self.scene.resized(small), self.animation.resized(small))
+        points = compute_control_points(
+            clip.instance,
+            clip.distance,
+            self.spec.moved_ids,
+            points_scale=self.points_scale,
+            seed=self.spec.seed,
+        )
+        mapping = pixel_mapping(small, size).float()
+        xy = points.xy @ mapping[:2, :2].T + mapping[:2, 2]
+        return replace(points, xy=xy)
 
     def to_json(self) -> dict[str, Any]:
-        return {"levitor_points": self.points.to_json() if self.points is not None else None}
+        return {"levitor_points": self.points.to_json()}
 
 
 @register
@@ -53,16 +86,15 @@ class CoarseMethod(Method):
 
     def prepare(self, spec: MotionSpec, scene: Scene) -> CoarseControls:
         animation = build_animation(spec, scene)
-        result = render(scene, animation)
-        points = compute_control_points(
-            result.instance,
-            result.distance,
-            spec.moved_ids,
-            points_scale=self.options.points_scale,
-            seed=spec.seed,
-        )
-        return CoarseControls(spec, scene, result, points)
+        renderer = Renderer(scene, animation)
+        return CoarseControls(spec, scene, None, renderer, animation, self.options.points_scale)
+
+    def stream(self, controls: Controls) -> FrameStream:
+        """The render's frames as the renderer makes them, at the output size."""
+        assert isinstance(controls, CoarseControls) and controls.renderer is not None
+        renderer = controls.renderer
+        frames = (OutputFrame(frame.rgb, frame) for frame in renderer)
+        return FrameStream(frames, renderer.num_frames, renderer.size)
 
     def generate(self, controls: Controls) -> torch.Tensor:
-        assert controls.render is not None
-        return controls.render.rgb
+        return self.stream(controls).tensor()

@@ -109,7 +109,11 @@ class LeviTorMethod(Method):
     def prepare(self, spec: MotionSpec, scene: Scene) -> LeviTorControls:
         max_side = {"tiny": TINY_MAX_SIDE, "toy": TOY_MAX_SIDE}.get(self.weights.builtin or "")
         size = self.options.size or generation_size(scene.size, max_side)
-        result = render(scene, build_animation(spec, scene))
+        # The motion is built where the spec's pixels live (the scene size), then the scene and
+        # the motion are seen at the generation size and rendered there (issue "Photos as people
+        # take them", part 2): a 12-megapixel photo is never rendered at its own size.
+        animation = build_animation(spec, scene).resized(size)
+        result = render(scene.resized(size), animation)
         points, maps = control_signal(
             result.instance,
             result.distance,
@@ -150,6 +154,4 @@ class LeviTorMethod(Method):
             generator=torch.Generator(device="cpu").manual_seed(controls.spec.seed),
             callback_on_step_end=step_reporter(self.report, self.name, steps),
         )
-        if tuple(frames.shape[-2:]) != controls.scene.size:
-            frames = F.interpolate(frames.float(), size=controls.scene.size, mode="bilinear")
-        return frames.float().cpu()
+        return frames.float().cpu()  # generation size; `stream` resizes to the scene

@@ -312,6 +312,4 @@ class XDynaMethod(Method):
             decode_chunk_size=options.decode_chunk_size,
             callback_on_step_end=step_reporter(self.report, self.name, steps),
         )
-        if tuple(frames.shape[-2:]) != controls.scene.size:
-            frames = F.interpolate(frames.float(), size=controls.scene.size, mode="bilinear")
-        return frames.float().cpu()
+        return frames.float().cpu()  # generation size; `stream` resizes to the scene
