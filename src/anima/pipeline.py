@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -198,17 +199,26 @@ def write_dump_files(folder: Path, result: AnimateResult) -> None:
             dumper.write(frame)
 
 
+def _open_npy(path: Path, shape: tuple[int, ...]) -> BinaryIO:
+    """A ``.npy`` file of float32 ``shape`` opened after its header, for the data to be written
+    in order (one frame at a time, never the whole array in memory)."""
+    file = path.open("wb")
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(file, header)
+    return file
+
+
 class DumpWriter:
     """Writes a dump frame by frame (the layout the README's CLI section fixes):
     ``frames/NNNN.png``; where the method rendered, ``render/{rgb,depth,instance,visible}/
-    NNNN.png`` and ``render/depth.npy`` (F, h, w) float32, filled frame by frame through a
-    memory map; then, on a clean exit, ``controls.json`` and ``spec.resolved.json``."""
+    NNNN.png`` and ``render/depth.npy`` (F, h, w) float32, written frame by frame; then, on a
+    clean exit, ``controls.json`` and ``spec.resolved.json``."""
 
     def __init__(self, folder: Path, result: AnimateResult) -> None:
         self.folder = folder
         self.result = result
         self.index = 0
-        self._depth: np.memmap | None = None
+        self._depth: BinaryIO | None = None
 
     def __enter__(self) -> DumpWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -226,17 +236,16 @@ class DumpWriter:
             write_png(render / "instance" / name, instance)
             write_png(render / "visible" / name, rendered.visible.numpy().astype(np.uint8) * 255)
             if self._depth is None:
-                shape = (self.result.stream.num_frames, *rendered.distance.shape)
-                self._depth = np.lib.format.open_memmap(
-                    render / "depth.npy", mode="w+", dtype=np.float32, shape=shape
+                self._depth = _open_npy(
+                    render / "depth.npy", (self.result.stream.num_frames, *rendered.distance.shape)
                 )
-            self._depth[self.index] = rendered.distance.numpy()
+            self._depth.write(rendered.distance.numpy().astype("<f4").tobytes())
         self.index += 1
 
     def __exit__(self, kind: type[BaseException] | None, *_rest: object) -> None:
         if self._depth is not None:
-            self._depth.flush()
-            self._depth = None  # closes the map
+            self._depth.close()
+            self._depth = None
         if kind is None:
             controls = json.dumps(self.result.controls.to_json())
             (self.folder / "controls.json").write_text(controls)

@@ -361,23 +361,10 @@ def _source_positions(
 
 
 def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_plate: bool):
-    identity = torch.eye(4, dtype=torch.float64).expand(animation.num_frames, 4, 4)
+    """The objects' point groups, then the plate's when it is splatted (a moving camera). The
+    order is the z-buffer's tie-break (lower table index wins): an object exactly as far as
+    the surface behind it (a flat depth map) stays in front of it."""
     groups = []
-    if splat_plate:
-        everywhere = torch.ones(scene.size, dtype=torch.bool)
-        groups.append(
-            _point_group(
-                scene,
-                everywhere,
-                plate.rgb,
-                plate.distance,
-                plate.observed,
-                0,
-                identity,
-                animation,
-                smooth_surface=True,
-            )
-        )
     all_observed = torch.ones(scene.size, dtype=torch.bool)
     for object_id in scene.object_ids:
         if not bool(scene.mask(object_id).any()):
@@ -393,6 +380,22 @@ def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_pl
                 animation.object_poses[object_id],
                 animation,
                 smooth_surface=False,
+            )
+        )
+    if splat_plate:
+        identity = torch.eye(4, dtype=torch.float64).expand(animation.num_frames, 4, 4)
+        everywhere = torch.ones(scene.size, dtype=torch.bool)
+        groups.append(
+            _point_group(
+                scene,
+                everywhere,
+                plate.rgb,
+                plate.distance,
+                plate.observed,
+                0,
+                identity,
+                animation,
+                smooth_surface=True,
             )
         )
     return groups
@@ -493,13 +496,14 @@ class Renderer:
         self.splat_plate = not animation.camera_static
         self.groups = _groups(scene, animation, self.plate, self.splat_plate)
         self.near = near_plane(scene)
-        # Table indices: without plate splatting, index i < H W is the plate's pixel i; the
-        # groups' points follow, group g from starts[g].
-        first = 0 if self.splat_plate else self.size[0] * self.size[1]
+        # Table indices: group g's points from starts[g]; without plate splatting, the plate's
+        # pixel i is index plate_start + i (after the objects: they win ties, `_groups`).
         self.starts = []
+        first = 0
         for group in self.groups:
             self.starts.append(first)
             first += len(group.rgb)
+        self.plate_start = first
         if not self.splat_plate:
             observed = self.plate.observed.reshape(-1)
             plate_z = self.plate.distance.reshape(-1).float()
@@ -554,7 +558,7 @@ class Renderer:
             touched = [target for *_, target, _ in splats]
             no_pixel = torch.zeros(0, dtype=torch.int64)
             pixels = torch.unique(torch.cat(touched)) if touched else no_pixel
-            seed = _depth_keys(self.seed_z[pixels], pixels)
+            seed = _depth_keys(self.seed_z[pixels], pixels + self.plate_start)
             targets = [torch.searchsorted(pixels, target) for target in touched]
         # Pass 1 splats everything; an object whose surface does not reach a pixel's centre
         # (its winner maps back outside the object's mask) is then taken out of that pixel,
