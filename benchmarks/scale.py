@@ -4,8 +4,9 @@ The photo is synthetic (numpy: a textured background and one textured disc), wit
 and a depth .npy, so that no perception model runs; the disc moves across and away. Each length
 runs ``anima animate`` in a fresh subprocess under the memory guard (`anima.memory`): a length
 whose estimate exceeds the memory available is reported as "refused by the memory guard"
-instead of being run (and killed). For each length: wall time, peak RSS (``wait4``'s
-``ru_maxrss`` of the subprocess; ffmpeg is a process of its own, not counted), the render time and
+instead of being run (and killed). For each length: wall time, peak RSS of anima's process
+(its ``VmHWM``), of the video encoder (ffmpeg, a process of its own) and of the two together
+(sampled every 50 ms, Linux ``/proc``), the render time and
 megapixels rendered per second (frames x H x W / render time), and the guard's estimate.
 The render time is the ``prepare`` stage (the point groups) plus the ``frames`` time (making
 the frames, which stream into the encoder; the encoder's own time is ``write``).
@@ -25,6 +26,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +79,49 @@ def write_inputs(folder: Path, height: int, width: int) -> Path:
     return folder / "spec.json"
 
 
+def _status_kib(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` field in KiB (VmHWM: peak RSS so far, VmRSS: RSS now); 0 once the
+    process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(rf"^{field}:\s+([0-9]+) kB", text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
+class PeakSampler(threading.Thread):
+    """Samples the run's processes every 50 ms: the peak RSS of anima itself (its VmHWM), of
+    its encoder (ffmpeg, a process of its own) and of the two together."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.done = pid, threading.Event()
+        self.anima = self.encoder = self.together = 0
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            anima = _status_kib(self.pid, "VmHWM")
+            if anima == 0:
+                continue
+            self.anima = max(self.anima, anima)
+            children = _children(self.pid)
+            for child in children:
+                self.encoder = max(self.encoder, _status_kib(child, "VmHWM"))
+            now = _status_kib(self.pid, "VmRSS") + sum(_status_kib(c, "VmRSS") for c in children)
+            self.together = max(self.together, now)
+
+
 def run_length(spec_path: Path, frames: int, folder: Path) -> dict:
     """One ``anima animate`` subprocess at ``frames`` frames: its numbers, or why it did not
     run."""
@@ -84,14 +129,16 @@ def run_length(spec_path: Path, frames: int, folder: Path) -> dict:
     command = [sys.executable, "-m", "anima.entry", "animate", str(spec_path), "-o", str(out)]
     command += ["--frames", str(frames)]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    stderr = process.stderr.read() if process.stderr else ""
-    process.stdout and process.stdout.close()
-    process.stderr and process.stderr.close()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # Linux: KiB
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        sampler = PeakSampler(process.pid)
+        sampler.start()
+        process.wait()
+        wall = time.perf_counter() - start
+        sampler.done.set()
+        sampler.join()
+        log.seek(0)
+        stderr = log.read()
     row: dict = {"frames": frames, "exit": process.returncode, "wall_s": round(wall, 2)}
     if process.returncode == 2 and "memory" in stderr:
         row["result"] = "refused by the memory guard"
@@ -108,7 +155,9 @@ def run_length(spec_path: Path, frames: int, folder: Path) -> dict:
     height, width = load_spec(spec_path).size or _image_size(spec_path)
     row |= {
         "result": "ok",
-        "peak_rss_gib": round(peak / 2**30, 3),
+        "peak_rss_gib": round(sampler.anima / 2**20, 3),
+        "encoder_peak_rss_gib": round(sampler.encoder / 2**20, 3),
+        "together_peak_rss_gib": round(sampler.together / 2**20, 3),
         "scene_s": stages.get("scene"),
         "render_s": round(render_s, 2),
         "write_s": stages.get("write"),

@@ -12,8 +12,10 @@ from anima.cli import main
 from anima.errors import InputError
 from anima.memory import (
     BASE_BYTES,
-    FRAME_PIXEL_BYTES,
+    CLIP_PIXEL_BYTES,
+    ENCODER_FRAME_BYTES,
     MEMORY_LIMIT_ENV,
+    POINTS_FRAME_BYTES,
     estimate_spec_peak,
     memory_limit,
     parse_bytes,
@@ -49,11 +51,22 @@ def test_estimate_grows_with_pixels_and_frames() -> None:
     longer = estimate_spec_peak(spec.model_copy(update={"num_frames": 32}), (512, 512))
     larger = estimate_spec_peak(spec, (1024, 1024))
     assert small.total > BASE_BYTES
-    assert longer.total - small.total == 16 * 512 * 512 * FRAME_PIXEL_BYTES
+    # streaming: only the shown points' small render and the encoder's look-ahead grow
+    points = 16 * 256 * 256 * POINTS_FRAME_BYTES
+    assert longer.total - small.total == points + 16 * 512 * 512 * ENCODER_FRAME_BYTES
     assert larger.total > small.total
-    # A phone photo at 128 frames cannot fit in 24 GiB as the coarse render holds frames today.
+    held = estimate_spec_peak(spec, (512, 512), streams=False)
+    held_longer = estimate_spec_peak(
+        spec.model_copy(update={"num_frames": 32}), (512, 512), streams=False
+    )
+    assert held_longer.parts["frames"] - held.parts["frames"] == 16 * 512 * 512 * CLIP_PIXEL_BYTES
+    # A phone photo at 128 frames, streamed: above the measured peaks (anima's and ffmpeg's,
+    # 4.27 GiB together) and within 1.35 times them; the encoder's look-ahead stops growing at
+    # 40 frames.
     phone = estimate_spec_peak(spec.model_copy(update={"num_frames": 128}), (3024, 4032))
-    assert phone.total > 24 * 2**30
+    assert 4.27 * 2**30 < phone.total < 1.35 * 4.27 * 2**30
+    longest = estimate_spec_peak(spec.model_copy(update={"num_frames": 1024}), (3024, 4032))
+    assert longest.parts["encoder"] == phone.parts["encoder"]
 
 
 def test_run_that_cannot_fit_is_refused_before_any_work(

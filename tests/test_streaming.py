@@ -109,7 +109,7 @@ def test_coarse_control_points_are_in_the_output_pixels(
     points move as the box does (12 px to the right)."""
     import anima.methods.coarse as coarse
 
-    monkeypatch.setattr(coarse, "POINTS_MAX_SIDE", 32)
+    monkeypatch.setattr(coarse, "POINTS_RENDER_MAX_SIDE", 32)
     result = run(tmp_path, frames=4)
     whole = render(result.controls.scene, result.controls.animation)
     points = result.controls.points

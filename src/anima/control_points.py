@@ -30,6 +30,10 @@ AREA_RATIO_THRESHOLD = 10.0
 MIN_POINTS_CHANGING = 3
 #: Bounds of k after Eq. 5 ("we later ensure k <= 8").
 MIN_POINTS, MAX_POINTS = 1, 8
+#: Longest side of the render that control points only shown to the user are computed on (the
+#: coarse method's): K-means of masks needs no more, and a long clip at a photo's size is never
+#: held whole for them.
+POINTS_RENDER_MAX_SIDE = 256
 #: Lloyd iterations cap (the loop stops earlier once assignments no longer change).
 MAX_LLOYD_ITERATIONS = 100
 

@@ -1,33 +1,42 @@
 """The memory guard: a run's peak memory, estimated before any work, against what is available.
 
-The coarse render (`anima.render.render`) holds every frame of every channel at the working
-size (H, W) until the video is written: RGB float32 (three copies at the peak: the render's own,
-its clamped result and the pipeline's output), planar distance float32, instance ids int64,
-visibility and holes (bool), then the encoder's float temporaries and its uint8 copy. Besides
-these, the scene's per-pixel maps, the background plate, the point groups and one frame's
-z-buffer work scale with H x W only, and the interpreter with torch is a fixed base. So::
+Frames stream (`anima.stream`): a method that makes its frames one at a time (``coarse``) holds
+one or two frames at the working size (H, W) whatever the clip's length, besides the scene's
+per-pixel maps, the background plate, the point groups and one frame's z-buffer work; the
+interpreter with torch is a fixed base. A method that makes its clip at once holds it (its
+frames and the intermediates of its pipeline). The video encoder is a process of its own
+(ffmpeg, libx264 ``medium``) whose memory grows with the frames in its look-ahead (40 frames).
+So::
 
-    peak ~ BASE_BYTES + H W (PIXEL_BYTES + CAMERA_PIXEL_BYTES [camera moves])
-               + F H W FRAME_PIXEL_BYTES + model weights (file sizes)
+    anima   ~ BASE_BYTES + H W (PIXEL_BYTES + CAMERA_PIXEL_BYTES [camera moves])
+              + F P_points POINTS_FRAME_BYTES            [a streaming method: the shown points]
+              + F H W CLIP_PIXEL_BYTES                    [a method that makes its clip at once]
+              + model weights (file sizes)
+    encoder ~ ENCODER_BASE_BYTES + H W (ENCODER_PIXEL_BYTES + min(F, 40) ENCODER_FRAME_BYTES)
 
-with the constants fitted to peak RSS of ``anima animate`` (``benchmarks/scale.py``: one disc
-moving, static camera, 2 CPU threads, torch 2.13) and rounded up so that the estimate is an
-upper bound within about 1.5x:
+where P_points is the pixels of the small render the shown control points come from
+(`anima.control_points.POINTS_RENDER_MAX_SIDE`). The constants are fitted to the peak RSS of
+``anima animate`` and of its ffmpeg (``benchmarks/scale.py``: one disc moving, static camera,
+2 CPU threads, torch 2.13, this 2-core x86_64 machine) and rounded up, so that the estimate is an
+upper bound within about 1.35x:
 
-    ==============  ======  ========  ==========  =====
-    size (H x W)    frames  peak RSS  estimate    ratio
-    ==============  ======  ========  ==========  =====
-    756 x 1008      16      1.29 GiB  1.73 GiB    1.34
-    756 x 1008      64      3.87 GiB  4.73 GiB    1.22
-    756 x 1008      128     7.32 GiB  8.72 GiB    1.19
-    1512 x 2016     16      4.06 GiB  5.15 GiB    1.27
-    1512 x 2016     48      10.9 GiB  13.1 GiB    1.20
-    3024 x 4032     16      14.6 GiB  18.8 GiB    1.29
-    ==============  ======  ========  ==========  =====
+    ============  ======  ==========  ===========  ===========  ========  =====
+    size (H x W)  frames  anima peak  ffmpeg peak  sum of both  estimate  ratio
+    ============  ======  ==========  ===========  ===========  ========  =====
+    756 x 1008    16      0.42 GiB    0.12 GiB     0.54 GiB     0.65 GiB  1.21
+    756 x 1008    64      0.42 GiB    0.21 GiB     0.63 GiB     0.84 GiB  1.34
+    1512 x 2016   16      0.71 GiB    0.33 GiB     1.04 GiB     1.23 GiB  1.18
+    1512 x 2016   64      0.74 GiB    0.69 GiB     1.43 GiB     1.73 GiB  1.21
+    3024 x 4032   16      1.89 GiB    1.15 GiB     3.04 GiB     3.55 GiB  1.17
+    3024 x 4032   128     1.93 GiB    2.34 GiB     4.27 GiB     5.39 GiB  1.26
+    ============  ======  ==========  ===========  ===========  ========  =====
 
-Model-based methods add their models' weight files at their size on disk (loading goes through
-host memory); perception models (when the spec gives no depth file or no mask) and a moving
-camera's extra (``CAMERA_PIXEL_BYTES``, a guess) are not measured.
+(The two peaks need not coincide: the largest sum sampled at one time was 2.50 and 4.19 GiB at
+3024 x 4032.) Model-based methods add their models'
+weight files at their size on disk (loading goes through host memory); perception models (when
+the spec gives no depth file or no mask) and a moving camera's extra (``CAMERA_PIXEL_BYTES``, a
+guess) are not measured; ``CLIP_PIXEL_BYTES`` is the former whole-clip coarse render's fit (a
+generous bound for a method that holds its clip at the working size or below).
 
 The limit is ``MemAvailable`` of ``/proc/meminfo`` (Linux; elsewhere the guard is skipped),
 or the environment variable ``ANIMA_MEMORY_LIMIT``: bytes, or a number with a unit (``512MiB``,
@@ -42,6 +51,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from anima.control_points import POINTS_RENDER_MAX_SIDE
 from anima.errors import InputError
 from anima.methods.base import Method
 from anima.scene import working_size
@@ -49,11 +59,17 @@ from anima.spec import MotionSpec
 from anima.weights import Weights
 
 MEMORY_LIMIT_ENV = "ANIMA_MEMORY_LIMIT"
-BASE_BYTES = 600 * 2**20  # interpreter, torch, numpy, OpenCV, PIL: fitted ~0.36 GiB
-PIXEL_BYTES = 200  # per working pixel: scene, plate, point tables, one frame's z-buffer (~91)
+BASE_BYTES = 400 * 2**20  # interpreter, torch, numpy, OpenCV, PIL: fitted 0.32 GiB
+PIXEL_BYTES = 160  # per working pixel: scene, plate, point tables, a frame's work (fitted 139)
 CAMERA_PIXEL_BYTES = 300  # per working pixel with a moving camera (the plate is splatted):
 # a conservative guess from the point-group layout, not measured
-FRAME_PIXEL_BYTES = 88  # per pixel and frame: all frames' channels, encoder copies (~76)
+POINTS_FRAME_BYTES = 40  # per pixel and frame of the shown points' small render (its channels
+# and masks: 25 + 1 per object)
+CLIP_PIXEL_BYTES = 88  # per pixel and frame of a clip made at once (its channels and copies)
+ENCODER_BASE_BYTES = 40 * 2**20  # ffmpeg and libx264 at a small size
+ENCODER_PIXEL_BYTES = 16  # per pixel: the encoder's own frames (fitted with the next)
+ENCODER_FRAME_BYTES = 6  # per pixel and frame in the look-ahead (fitted 4.5-6.5)
+ENCODER_LOOKAHEAD = 40  # libx264 medium's rc-lookahead: frames beyond it add nothing
 
 _UNITS = {
     "": 1,
@@ -129,16 +145,28 @@ def model_bytes(method: type[Method], weights: Weights) -> int:
     return total
 
 
-def estimate_spec_peak(spec: MotionSpec, size: tuple[int, int], models: int = 0) -> MemoryEstimate:
+def estimate_spec_peak(
+    spec: MotionSpec, size: tuple[int, int], models: int = 0, streams: bool = True
+) -> MemoryEstimate:
     """The estimated peak memory of animating ``spec`` at the working ``size`` (H, W), with
-    ``models`` bytes of model weights (see the module docstring)."""
+    ``models`` bytes of model weights, by a method that makes its frames one at a time
+    (``streams``) or its whole clip at once (see the module docstring)."""
     pixels = int(size[0]) * int(size[1])
     per_pixel = PIXEL_BYTES + (CAMERA_PIXEL_BYTES if spec.camera is not None else 0)
+    frames = spec.num_frames
+    if streams:
+        side = min(1.0, POINTS_RENDER_MAX_SIDE / max(size))
+        clip = frames * int(size[0] * side) * int(size[1] * side) * POINTS_FRAME_BYTES
+    else:
+        clip = frames * pixels * CLIP_PIXEL_BYTES
+    lookahead = min(frames, ENCODER_LOOKAHEAD)
     parts = {
         "base": BASE_BYTES,
         "scene": pixels * per_pixel,
-        "frames": pixels * spec.num_frames * FRAME_PIXEL_BYTES,
+        "frames": clip,
         "models": models,
+        "encoder": ENCODER_BASE_BYTES
+        + pixels * (ENCODER_PIXEL_BYTES + lookahead * ENCODER_FRAME_BYTES),
     }
     return MemoryEstimate(sum(parts.values()), parts)
 
@@ -151,7 +179,7 @@ def check_memory(spec: MotionSpec, method: type[Method], weights: Weights) -> Me
     """Refuse, with one `InputError` line, a run whose estimated peak memory exceeds the limit
     (`memory_limit`); returns the estimate otherwise. Reads the image's header only."""
     size = working_size(spec)
-    estimate = estimate_spec_peak(spec, size, model_bytes(method, weights))
+    estimate = estimate_spec_peak(spec, size, model_bytes(method, weights), method.streams)
     limit, source = memory_limit()
     if limit is None or estimate.total <= limit:
         return estimate

@@ -69,6 +69,9 @@ class Method(ABC):
     components: ClassVar[tuple[Component, ...]] = ()
     builtin_weights: ClassVar[tuple[str, ...]] = ()
     options_model: ClassVar[type[BaseModel]] = NoOptions
+    #: Whether `stream` makes frames one at a time (memory does not grow with the clip), or
+    #: the method makes its whole clip at once (`anima.memory` estimates each).
+    streams: ClassVar[bool] = False
 
     def __init__(
         self,

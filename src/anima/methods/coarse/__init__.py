@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from anima.animation import Animation, build_animation
-from anima.control_points import ControlPoints, compute_control_points
+from anima.control_points import POINTS_RENDER_MAX_SIDE, ControlPoints, compute_control_points
 from anima.methods.base import Controls, Method
 from anima.methods.registry import register
 from anima.render import Renderer, render
@@ -40,11 +40,6 @@ class CoarseOptions(BaseModel):
     )
 
 
-#: Longest side of the render the shown control points are computed on (K-means of masks needs
-#: no more; a 12-megapixel clip is never held whole for them).
-POINTS_MAX_SIDE = 512
-
-
 @dataclass
 class CoarseControls(Controls):
     """The renderer, which makes the frames as they are asked for, and the animation; the
@@ -57,10 +52,10 @@ class CoarseControls(Controls):
     @functools.cached_property
     def points(self) -> ControlPoints:
         """LeviTor's K-means control points (`anima.control_points`) of a render of the clip
-        at most `POINTS_MAX_SIDE` pixels a side, in the output's pixels."""
+        at most `POINTS_RENDER_MAX_SIDE` pixels a side, in the output's pixels."""
         assert self.animation is not None
         size = self.scene.size
-        scale = min(1.0, POINTS_MAX_SIDE / max(size))
+        scale = min(1.0, POINTS_RENDER_MAX_SIDE / max(size))
         small = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
         clip = render(self.scene.resized(small), self.animation.resized(small))
         points = compute_control_points(
@@ -83,6 +78,7 @@ class CoarseMethod(Method):
     name = "coarse"
     summary = "weight-free 3D-aware point render (the embedded default)"
     options_model = CoarseOptions
+    streams = True
 
     def prepare(self, spec: MotionSpec, scene: Scene) -> CoarseControls:
         animation = build_animation(spec, scene)
