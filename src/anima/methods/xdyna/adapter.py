@@ -16,6 +16,12 @@ the UNet alone: `DynamicsAdapter.record` records, at every adapter layer, the fr
 ``recorded`` lets passes of generated frames only read them (the sampler's default: one
 reference pass per denoising step instead of a reference frame in every window).
 
+The config also records how the UNet the adapter was trained with normalises
+(``motion_norm``, ``resnet_norm``: `anima.models.frame_norms`): diffusers' `UNetMotionModel`
+as it is by default (motion modules pooled over frames, resnets per frame), the authors' release
+the other way round (`anima.methods.xdyna.convert` records that). `XDynaPipeline` runs the UNet
+with the recorded norms.
+
 Saved with ``save_pretrained`` (safetensors); parameters are named
 ``weights.layers.<layer, '.' as '-'>.{to_q,to_out}.*``. The release names them
 ``<layer>.to_q_ff.weight`` and ``<layer>.to_out_ff.{weight,bias}`` inside its UNet checkpoint
@@ -41,6 +47,7 @@ from anima.attention import (
     capture,
     reference_kv,
 )
+from anima.models.frame_norms import DIFFUSERS_NORMS, FrameNorms
 
 #: The frame of each video (in the UNet pass) that holds the reference image.
 REFERENCE_FRAME = 0
@@ -48,7 +55,8 @@ REFERENCE_FRAME = 0
 
 class DynamicsAdapter(ModelMixin, ConfigMixin):
     """The trainable query copies and zero-initialised output projections of every spatial
-    self-attention layer (``layers``, named as in ``unet.attn_processors``)."""
+    self-attention layer (``layers``, named as in ``unet.attn_processors``), and the norms of
+    the UNet they go with (``motion_norm``, ``resnet_norm``: `FrameNorms`)."""
 
     @register_to_config
     def __init__(
@@ -59,10 +67,13 @@ class DynamicsAdapter(ModelMixin, ConfigMixin):
         out_dims: list[int],
         query_bias: bool = False,
         out_bias: bool = True,
+        motion_norm: str = DIFFUSERS_NORMS.motion,
+        resnet_norm: str = DIFFUSERS_NORMS.resnet,
     ) -> None:
         super().__init__()
         if not len(layers) == len(query_dims) == len(inner_dims) == len(out_dims):
             raise ValueError("layers, query_dims, inner_dims and out_dims differ in length")
+        FrameNorms(motion_norm, resnet_norm)  # type: ignore[arg-type]  # checks both
         self.weights = ReferenceWeights(
             {
                 name: ReferenceAttentionWeights(q, inner, out, query_bias, out_bias)
@@ -72,10 +83,16 @@ class DynamicsAdapter(ModelMixin, ConfigMixin):
             }
         )
 
+    @property
+    def norms(self) -> FrameNorms:
+        """How the UNet normalises when it runs with this adapter (`anima.models.frame_norms`)."""
+        return FrameNorms(self.config.motion_norm, self.config.resnet_norm)
+
     @classmethod
-    def from_unet(cls, unet: nn.Module) -> DynamicsAdapter:
+    def from_unet(cls, unet: nn.Module, norms: FrameNorms = DIFFUSERS_NORMS) -> DynamicsAdapter:
         """An adapter for ``unet``'s spatial self-attentions (the motion modules' temporal
-        attentions excluded): query copies of each ``to_q``, output projections zero (§3.2)."""
+        attentions excluded): query copies of each ``to_q``, output projections zero (§3.2);
+        ``norms`` is recorded in its config."""
         selected = attention_layers(unet, SPATIAL_SELF, exclude=TEMPORAL)
         if not selected:
             raise ValueError("the UNet has no spatial self-attention layers")
@@ -87,6 +104,8 @@ class DynamicsAdapter(ModelMixin, ConfigMixin):
             out_dims=[a.to_out[0].out_features for a in selected.values()],
             query_bias=first.to_q.bias is not None,
             out_bias=first.to_out[0].bias is not None,
+            motion_norm=norms.motion,
+            resnet_norm=norms.resnet,
         )
         fresh = ReferenceWeights(
             {n: ReferenceAttentionWeights.from_attention(a) for n, a in selected.items()}

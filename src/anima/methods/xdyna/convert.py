@@ -32,8 +32,19 @@ UNet checkpoint is split by name:
   diffusers' IP-Adapter format (renumbered ``<n>.to_{k,v}_ip.weight``,
   `anima.models.ip_adapter`); without ``--ip-adapter`` they are only checked;
 - every other key must be a key of SD1.5's `UNet2DConditionModel` (built from
-  ``--sd15``'s ``unet/config.json``) with its shape; these are counted, not written (the UNet is
-  the frozen SD1.5 one). A checkpoint of trained parameters only, without them, is accepted.
+  ``--sd15``'s ``unet/config.json``) with its shape. The release loads its UNet checkpoint over
+  SD1.5 (non-strictly), so these are the spatial weights it runs: each is compared with the same
+  tensor of ``--sd15``'s UNet (`same_tensor`: equal, or equal up to rounding where their dtypes
+  differ). Where all match nothing is written (the UNet is the frozen SD1.5 one); the ones that
+  differ are written, as the release has them, to ``DIR/xdyna/unet_spatial.safetensors``
+  (`SPATIAL_FILE`), which the loader puts over ``DIR/sd15``'s UNet, and one line says how many.
+  A checkpoint of trained parameters only, without them, is accepted (and, like one whose
+  spatial tensors all match, removes a `SPATIAL_FILE` an earlier conversion left).
+
+The Dynamics-Adapter's config records the release's normalisation (`RELEASE_NORMS`,
+`anima.models.frame_norms`; X-Dyna §3.1, §4.1: AnimateDiff v1's UNet): its motion modules
+normalise each frame on its own, its resnets and output norm pool over all frames of a pass;
+diffusers' `UNetMotionModel` does the opposite, and `XDynaPipeline` runs the UNet as recorded.
 
 The ControlNets are `ControlNetModel.from_unet` of that UNet (3 or 6 conditioning channels), key
 for key. ``--ip-adapter`` without ``--unet`` (or with a UNet checkpoint without IP keys) writes
@@ -47,7 +58,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +68,13 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import ControlNetModel, MotionAdapter, UNet2DConditionModel
 from diffusers.models.modeling_utils import ModelMixin
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from anima.errors import InputError
 from anima.io import atomic_dir, atomic_path
 from anima.methods.xdyna.adapter import DynamicsAdapter
+from anima.models.frame_norms import FrameNorms
 from anima.models.ip_adapter import (
     IMAGE_PROJ,
     IP_ADAPTER,
@@ -72,6 +86,7 @@ from anima.models.ip_adapter import (
     save_ip_adapter,
 )
 from anima.models.loading import check_state, read_weights_file
+from anima.weights import PICKLE_SUFFIXES, checkpoint_format
 
 #: The release's motion modules: AnimateDiff v1 (8 heads, positions up to 24 frames).
 MOTION_NUM_ATTENTION_HEADS = 8
@@ -85,6 +100,12 @@ ADAPTER_DIR = "xdyna/adapter"
 POSE_DIR = "xdyna/pose_controlnet"
 FACE_DIR = "xdyna/face_controlnet"
 IP_FILE = "ip-adapter/ip-adapter-plus_sd15.safetensors"
+#: The release UNet checkpoint's SD1.5 tensors that differ from the user's SD1.5 UNet.
+SPATIAL_FILE = "xdyna/unet_spatial.safetensors"
+
+#: How the release's UNet normalises (AnimateDiff v1's UNet3D): motion modules per frame,
+#: resnets and ``conv_norm_out`` pooled over the frames of a pass.
+RELEASE_NORMS = FrameNorms(motion="per_frame", resnet="pooled")
 
 _ADAPTER_KEY = re.compile(r"(?P<layer>.+\.attn1)\.(?P<proj>to_q_ff|to_out_ff)\.(?P<param>\w+)")
 _IP_KEY = re.compile(r".+\.attn2\.to_[kv]_ip\.\w+")
@@ -114,7 +135,9 @@ class ConversionReport:
     adapter_keys: int = 0  # Dynamics-Adapter tensors written
     motion_keys: int = 0  # motion-module tensors written (position encodings not counted)
     position_encodings: int = 0  # release pos_encoder.pe buffers checked against diffusers'
-    spatial_keys: int = 0  # SD UNet keys found in the UNet checkpoint (checked, not written)
+    spatial_keys: int = 0  # SD UNet keys found in the UNet checkpoint (checked, compared)
+    spatial_differ: int = 0  # of those, tensors that differ from --sd15's UNet (written)
+    spatial_removed: Path | None = None  # a stale SPATIAL_FILE removed
     ip_keys: int = 0  # to_k_ip / to_v_ip tensors found in the UNet checkpoint (checked)
     controlnet_keys: dict[str, int] = field(default_factory=dict)  # folder -> tensors written
     ip_adapter: str | None = None  # what the IP-Adapter file was made of, when written
@@ -126,9 +149,13 @@ class ConversionReport:
             out.append(
                 f"UNet checkpoint: {self.adapter_keys} Dynamics-Adapter and {self.motion_keys} "
                 f"motion-module tensors ({self.position_encodings} position encodings checked), "
-                f"{self.spatial_keys} SD1.5 UNet keys checked and not written, "
+                f"{self.spatial_keys} SD1.5 UNet keys checked and compared, "
                 f"{self.ip_keys} IP-Adapter keys {written}"
             )
+            if self.spatial_keys:
+                out.append(self.spatial_line())
+            if self.spatial_removed is not None:
+                out.append(f"removed {self.spatial_removed} (from an earlier conversion)")
             if self.ip_keys and not self.ip_adapter:
                 out.append(
                     "IP-Adapter keys not written: pass --ip-adapter ip-adapter-plus_sd15.bin "
@@ -138,6 +165,18 @@ class ConversionReport:
         if self.ip_adapter:
             out.append(f"IP-Adapter: {self.ip_adapter}")
         return out
+
+    def spatial_line(self) -> str:
+        """How many of the UNet checkpoint's SD1.5 tensors differ from the user's SD1.5."""
+        if not self.spatial_differ:
+            return (
+                f"SD1.5 UNet: all {self.spatial_keys} tensors of the UNet checkpoint equal "
+                "--sd15's (nothing written)"
+            )
+        return (
+            f"SD1.5 UNet: {self.spatial_differ} of {self.spatial_keys} tensors of the UNet "
+            f"checkpoint differ from --sd15's; the release's are written to {SPATIAL_FILE}"
+        )
 
 
 # --------------------------------------------------------------------------- reading
@@ -189,6 +228,78 @@ def _empty_sd_unet(config: dict[str, Any], where: str) -> UNet2DConditionModel:
             return UNet2DConditionModel.from_config(config)
     except (TypeError, ValueError) as err:
         raise InputError(f"SD1.5 UNet: config.json is not valid ({err})", where) from err
+
+
+def sd_unet_files(folder: Path, allow_pickle: bool) -> list[Path]:
+    """The weight files of the SD1.5 UNet in ``folder`` (one file or the shards of an index),
+    in the format `checkpoint_format` picks (safetensors first, pickle with ``allow_pickle``)."""
+    found = checkpoint_format(folder, "SD1.5 UNet", allow_pickle)
+    infix = f".{found['variant']}" if found["variant"] else ""
+    suffixes = (".safetensors",) if found["use_safetensors"] else PICKLE_SUFFIXES
+    for stem in ("diffusion_pytorch_model", "model"):
+        for suffix in suffixes:
+            name = f"{stem}{infix}{suffix}"
+            if (folder / name).is_file():
+                return [folder / name]
+            index = folder / f"{name}.index.json"
+            if index.is_file():
+                try:
+                    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                except (OSError, ValueError, KeyError, AttributeError) as err:
+                    raise InputError(f"SD1.5 UNet: cannot read {index.name}", str(index)) from err
+                return [folder / shard for shard in shards]
+    raise InputError("SD1.5 UNet: no weights file found", f"in {folder}")
+
+
+def _file_tensors(path: Path, keys: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of ``keys`` in the weights file ``path``, one at a time (safetensors are
+    read lazily)."""
+    if path.suffix != ".safetensors":
+        state = read_weights_file(path)
+        if not isinstance(state, Mapping):
+            raise InputError(f"{path.name} holds no state dict", str(path))
+        yield from ((key, value) for key, value in state.items() if key in keys)
+        return
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            for key in file.keys():
+                if key in keys:
+                    yield key, file.get_tensor(key)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise InputError(f"cannot read {path.name}: {err}", str(path)) from err
+
+
+def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same values: exactly, when their dtypes agree; else
+    (floats) up to rounding to the coarser of the two dtypes, elementwise ``|a - b| <= eps *
+    (max(|a|, |b|) + tiny)`` in that dtype's ``finfo`` (a float16 or bfloat16 copy of a float32
+    tensor, or of each other, is the same tensor)."""
+    if a.shape != b.shape:
+        return False
+    if a.dtype == b.dtype or not (a.is_floating_point() and b.is_floating_point()):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    coarser = torch.finfo(max(a.dtype, b.dtype, key=lambda dtype: torch.finfo(dtype).eps))
+    x, y = a.double(), b.double()
+    bound = coarser.eps * (torch.maximum(x.abs(), y.abs()) + coarser.tiny)
+    return bool(((x - y).abs() <= bound).all())
+
+
+def differing_sd_tensors(
+    spatial: Mapping[str, torch.Tensor], sd15: Path, allow_pickle: bool
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``spatial`` (the release UNet checkpoint's SD1.5 keys) that differ from
+    ``sd15``'s UNet (`same_tensor`), as the release has them."""
+    folder = sd15 / "unet"
+    wanted, differ = set(spatial), {}
+    for path in sd_unet_files(folder, allow_pickle):
+        for key, theirs in _file_tensors(path, wanted):
+            wanted.discard(key)
+            if not same_tensor(spatial[key], theirs):
+                differ[key] = spatial[key]
+    if wanted:
+        more = f" (and {len(wanted) - 1} more)" if len(wanted) > 1 else ""
+        raise InputError(f"SD1.5 UNet: weights lack {min(wanted)}{more}", f"in {folder}")
+    return differ
 
 
 # --------------------------------------------------------------------------- checking
@@ -361,17 +472,29 @@ def _ip_attention(
     return renamed
 
 
+@dataclass
+class _UNetResult:
+    outputs: list[_Output]  # the motion adapter and the Dynamics-Adapter
+    ip: dict[str, torch.Tensor]  # IP-Adapter keys, diffusers' names (empty when none)
+    spatial: dict[str, torch.Tensor]  # SD1.5 tensors that differ from --sd15's
+
+
 def _unet_outputs(
-    path: Path, state: Mapping[str, torch.Tensor], config: dict[str, Any], report: ConversionReport
-) -> tuple[list[_Output], dict[str, torch.Tensor]]:
-    """The motion adapter and Dynamics-Adapter outputs, and the IP-Adapter keys (diffusers'
-    names; empty when the checkpoint has none)."""
+    path: Path,
+    state: Mapping[str, torch.Tensor],
+    sd15: Path,
+    allow_pickle: bool,
+    config: dict[str, Any],
+    report: ConversionReport,
+) -> _UNetResult:
+    """The motion adapter and Dynamics-Adapter (its config with `RELEASE_NORMS`) outputs, the
+    IP-Adapter keys and the SD1.5 tensors that differ from ``sd15``'s."""
     where = f"in {path}"
     parts = _split_unet(state)
     sd_unet = _empty_sd_unet(config, where)
     check_state(parts.spatial, sd_unet.state_dict(), "UNet checkpoint", where, complete=False)
     with init_empty_weights():
-        adapter = DynamicsAdapter.from_unet(sd_unet)
+        adapter = DynamicsAdapter.from_unet(sd_unet, RELEASE_NORMS)
         motion = MotionAdapter(**_motion_config(parts, config, where))
     check_state(parts.adapter, adapter.state_dict(), "UNet checkpoint", where, release_adapter_name)
     buffers = dict(motion.named_buffers())
@@ -384,11 +507,13 @@ def _unet_outputs(
     report.adapter_keys, report.motion_keys = len(parts.adapter), len(parts.motion)
     report.position_encodings, report.spatial_keys = len(parts.position), len(parts.spatial)
     report.ip_keys = len(ip)
+    spatial = differing_sd_tensors(parts.spatial, sd15, allow_pickle) if parts.spatial else {}
+    report.spatial_differ = len(spatial)
     outputs = [
         _Output(MOTION_DIR, _assigned(motion, motion_state), len(parts.motion)),
         _Output(ADAPTER_DIR, _assigned(adapter, parts.adapter), len(parts.adapter)),
     ]
-    return outputs, ip
+    return _UNetResult(outputs, ip, spatial)
 
 
 def _controlnet_output(
@@ -431,7 +556,12 @@ def _ip_state(
     return state
 
 
-def _write(out: Path, outputs: list[_Output], ip_state: IPAdapterState | None) -> list[Path]:
+def _write(
+    out: Path,
+    outputs: list[_Output],
+    ip_state: IPAdapterState | None,
+    spatial: Mapping[str, torch.Tensor],
+) -> list[Path]:
     """Every output saved, then all renamed into place together (atomically each)."""
     written = [out / output.subdir for output in outputs]
     with ExitStack() as stack:
@@ -441,6 +571,10 @@ def _write(out: Path, outputs: list[_Output], ip_state: IPAdapterState | None) -
         if ip_state is not None:
             save_ip_adapter(ip_state, stack.enter_context(atomic_path(out / IP_FILE)))
             written.append(out / IP_FILE)
+        if spatial:
+            tensors = {key: _owned(value) for key, value in spatial.items()}
+            save_file(tensors, str(stack.enter_context(atomic_path(out / SPATIAL_FILE))))
+            written.append(out / SPATIAL_FILE)
     return written
 
 
@@ -453,10 +587,12 @@ def convert_xdyna(
     allow_pickle: bool = False,
     ip_adapter: Path | None = None,
 ) -> ConversionReport:
-    """Write the release's ``unet`` (motion adapter + Dynamics-Adapter, and its IP-Adapter
-    keys with ``ip_adapter``'s resampler), pose ``controlnet`` and ``face_controlnet``
-    checkpoints into the weights directory ``out``; ``sd15`` (SD1.5 in diffusers layout) gives
-    the UNet config. Nothing is written unless every input checks."""
+    """Write the release's ``unet`` (motion adapter + Dynamics-Adapter, its SD1.5 tensors that
+    differ from ``sd15``'s, and its IP-Adapter keys with ``ip_adapter``'s resampler), pose
+    ``controlnet`` and ``face_controlnet`` checkpoints into the weights directory ``out``;
+    ``sd15`` (SD1.5 in diffusers layout) gives the UNet config and, when the UNet checkpoint
+    holds SD1.5 keys, the tensors they are compared with. Nothing is written unless every input
+    checks."""
     if all(path is None for path in (unet, controlnet, face_controlnet, ip_adapter)):
         raise InputError(
             "nothing to convert: give --unet, --controlnet, --face-controlnet or --ip-adapter"
@@ -465,9 +601,12 @@ def convert_xdyna(
     report = ConversionReport()
     outputs: list[_Output] = []
     ip: dict[str, torch.Tensor] = {}
+    spatial: dict[str, torch.Tensor] = {}
     if unet is not None:
-        unet_outputs, ip = _unet_outputs(unet, read_checkpoint(unet, allow_pickle), config, report)
-        outputs += unet_outputs
+        state = read_checkpoint(unet, allow_pickle)
+        result = _unet_outputs(unet, state, sd15, allow_pickle, config, report)
+        outputs += result.outputs
+        ip, spatial = result.ip, result.spatial
     for path, channels, sub in ((controlnet, 3, POSE_DIR), (face_controlnet, 6, FACE_DIR)):
         if path is not None:
             state = read_checkpoint(path, allow_pickle)
@@ -475,7 +614,11 @@ def convert_xdyna(
     ip_state = None
     if ip_adapter is not None:
         ip_state = _ip_state(ip_adapter, allow_pickle, config, ip, report)
-    report.written = _write(out, outputs, ip_state)
+    report.written = _write(out, outputs, ip_state, spatial)
+    stale = out / SPATIAL_FILE
+    if unet is not None and not spatial and stale.is_file():
+        stale.unlink()  # an earlier conversion's: this UNet checkpoint runs SD1.5's tensors
+        report.spatial_removed = stale
     for output in outputs:
         if output.subdir in (POSE_DIR, FACE_DIR):
             report.controlnet_keys[output.subdir] = output.count

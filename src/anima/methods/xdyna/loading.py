@@ -1,5 +1,12 @@
 """The `XDynaPipeline` components: from a weights directory, or tiny random ones.
 
+The UNet is SD1.5's (``DIR/sd15/unet``) with, where the release's UNet checkpoint changed some
+of its tensors, the release's (``DIR/xdyna/unet_spatial.safetensors``, written by
+`anima.methods.xdyna.convert`; `load_spatial_changes`), plus the motion modules. How it
+normalises (`anima.models.frame_norms`) is what the Dynamics-Adapter's config records
+(`DynamicsAdapter.norms`: the release's for converted weights, diffusers' for weights trained
+here); `XDynaPipeline` applies it around its UNet calls.
+
 The IP-Adapter-Plus is optional: `load_ip_adapter` loads ``DIR/ip-adapter/`` when the folder is
 there (the layout in `anima.methods.xdyna`), checked key by key
 (`anima.models.ip_adapter`) before diffusers loads it into the UNet; ``tiny_xdyna_components``
@@ -22,8 +29,9 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 
 from anima.errors import InputError
 from anima.methods.xdyna.adapter import DynamicsAdapter
+from anima.methods.xdyna.convert import SPATIAL_FILE
 from anima.models.ip_adapter import check_ip_adapter, load_into_unet, read_ip_adapter
-from anima.models.loading import load_model
+from anima.models.loading import check_state, load_model, read_weights_file
 from anima.models.svd import clip_feature_extractor
 from anima.models.tiny_sd import (
     motion_unet,
@@ -74,9 +82,26 @@ def tiny_xdyna_components(seed: int = 0, ip_adapter: bool = False) -> dict[str, 
     }
 
 
+def load_spatial_changes(unet: UNet2DConditionModel, weights: Weights) -> int:
+    """Put the release's changed SD1.5 UNet tensors (``DIR/xdyna/unet_spatial.safetensors``,
+    when the file is there) into ``unet``, every key and shape checked first; returns how many
+    (0 without the file)."""
+    path = None if weights.root is None else weights.root / SPATIAL_FILE
+    if path is None or not path.is_file():
+        return 0
+    state = read_weights_file(path)
+    check_state(
+        state, unet.state_dict(), "X-Dyna spatial UNet tensors", f"in {path}", complete=False
+    )
+    with torch.no_grad():
+        unet.load_state_dict(state, strict=False)
+    return len(state)
+
+
 def load_sd_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
-    """The frozen parts: SD1.5 (``DIR/sd15``) with the motion modules (``DIR/motion-adapter``)
-    as a `UNetMotionModel`, and the release's DDIM scheduler."""
+    """The frozen parts: SD1.5 (``DIR/sd15``), with the release's changed tensors where the
+    conversion found any (`load_spatial_changes`), and the motion modules
+    (``DIR/motion-adapter``) as a `UNetMotionModel`; the release's DDIM scheduler."""
     from anima.methods.xdyna import MOTION_ADAPTER, SD15
 
     pickle = weights.allow_pickle
@@ -85,6 +110,7 @@ def load_sd_components(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
     if not any((tokenizer_dir / name).is_file() for name in ("vocab.json", "tokenizer.json")):
         raise InputError("SD1.5 tokenizer: vocab.json not found", f"in {tokenizer_dir}")
     unet2d = load_model(UNet2DConditionModel, sd / "unet", "SD1.5 UNet", pickle, dtype)
+    load_spatial_changes(unet2d, weights)
     motion = load_model(
         MotionAdapter, weights.require(MOTION_ADAPTER, "xdyna"), "motion adapter", pickle, dtype
     )

@@ -25,9 +25,10 @@ The model's layout (training, `predict_noise`; `anima.methods.xdyna.reference_fr
 UNet pass holds, for each video, the clean reference latent as frame 0 followed by the
 generated frames: the adapter reads the reference's keys and values, the motion modules skip
 it, the ControlNets give it zero residuals, and it receives the same timestep as the other
-frames (as the release does) but is never noised or stepped. Nothing in the reference's own path
-depends on the other frames (spatial layers are per frame, the adapter branch on it reads its
-own keys and values, the motion modules and ControlNets leave it alone), so the sampler runs it
+frames (as the release does) but is never noised or stepped. With per-frame resnet norms
+(below) nothing in the reference's own path depends on the other frames (spatial layers are per
+frame, the adapter branch on it reads its own keys and values, the motion modules and
+ControlNets leave it alone), so the sampler runs it
 once per denoising step and CFG branch, alone (`reference_features`, motion modules bypassed,
 no residuals), records ``K_R``/``V_R`` at every adapter layer, and runs each window on its
 generated frames only, the adapter reading the recorded reference (`DynamicsAdapter.attach`
@@ -48,10 +49,19 @@ sigma 18 latent pixels, as in the release) with probability 0.5, then noised to 
 timestep with ``scheduler.add_noise``: about 5 % of the reference's low frequencies survive at
 t = 961, which anchors colours and layout.
 
-Known differences from the release: its resnets' GroupNorm pools statistics over all frames of
-a pass (reference included); diffusers' `UNetMotionModel`, used here, normalises frame by frame.
-Its CLIP encoder reads the image file as it is; here it reads the image given (at the
-generation size), both resized to 224 px by the same preprocessing.
+Normalisation: the UNet runs with the norms the adapter's config records (`DynamicsAdapter.norms`,
+`anima.models.frame_norms`), inside `adapter_context` and the sampler's steps only. Weights
+converted from the release record the release's: motion modules per frame, resnets (and the
+output norm) pooled over all frames of a pass, the reference frame 0 included, as in the release,
+where it shares every window's pass. Pooled resnets make the reference's features depend on the
+window's frames and theirs on the reference's, so with them the sampler always puts the
+reference in front of each window (``cache_reference`` is then ignored), as the release does.
+Weights trained here record diffusers' `UNetMotionModel` as it is (motion modules pooled,
+resnets per frame), with which the reference's path is its own and can be cached.
+
+Known difference from the release: its CLIP encoder reads the image file as it is; here it
+reads the image given (at the generation size), both resized to 224 px by the same
+preprocessing.
 """
 
 from __future__ import annotations
@@ -83,6 +93,7 @@ from anima.methods.xdyna.reference_frame import (
     skip_reference_in_motion_modules,
     with_reference_residuals,
 )
+from anima.models.frame_norms import frame_norms
 from anima.models.ip_adapter import ip_adapter_loaded, ip_processors
 from anima.models.svd import CLIPProcessor
 from anima.sampling.steps import StepCallback
@@ -472,9 +483,9 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
     ) -> Tensor:
         """Noise prediction (B, C, F, h, w) of one denoising step, for every branch of
         ``text`` (and of IP-Adapter ``image_embeds``): the ``windows``' predictions averaged
-        per frame. With ``cache_reference`` the reference goes through the UNet once
-        (`reference_features`) and each window holds its generated frames only; else the
-        reference is frame 0 of every window's pass."""
+        per frame. With ``cache_reference`` (and `reference_cacheable`) the reference goes
+        through the UNet once (`reference_features`) and each window holds its generated frames
+        only; else the reference is frame 0 of every window's pass."""
         predict = functools.partial(
             self.window_noise,
             latents=latents,
@@ -484,19 +495,31 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
             image_embeds=image_embeds,
         )
         num_frames = latents.shape[2]
-        if not cache_reference:
+        if not (cache_reference and self.reference_cacheable):
             with self.adapter_context():
                 in_pass = functools.partial(predict, reference=reference)
                 return windowed_prediction(in_pass, windows, num_frames, frame_dim=2)
-        recorded = self.reference_features(reference, t, text, image_embeds)
-        with self.adapter.attach(self.unet, recorded=recorded):
-            return windowed_prediction(predict, windows, num_frames, frame_dim=2)
+        with frame_norms(self.unet, self.adapter.norms):
+            recorded = self.reference_features(reference, t, text, image_embeds)
+            with self.adapter.attach(self.unet, recorded=recorded):
+                return windowed_prediction(predict, windows, num_frames, frame_dim=2)
+
+    @property
+    def reference_cacheable(self) -> bool:
+        """Whether the reference's path through the UNet is its own (resnets normalising each
+        frame alone), so that `reference_features` can run it once a step for all windows."""
+        return self.adapter.norms.resnet == "per_frame"
 
     @contextmanager
     def adapter_context(self) -> Iterator[None]:
-        """The reference-frame machinery around UNet calls: the adapter's attention and the
-        motion modules skipping frame 0."""
-        with self.adapter.attach(self.unet), skip_reference_in_motion_modules(self.unet):
+        """The reference-frame machinery around UNet calls: the adapter's attention, the
+        motion modules skipping frame 0, and the UNet's norms as the adapter records them
+        (`anima.models.frame_norms`)."""
+        with (
+            frame_norms(self.unet, self.adapter.norms),
+            self.adapter.attach(self.unet),
+            skip_reference_in_motion_modules(self.unet),
+        ):
             yield
 
     def decode(self, latents: Tensor, chunk: int = 8) -> Tensor:
@@ -547,7 +570,8 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
         the reference through the UNet once per step and branch and the windows on their
         generated frames only (see the module docstring); False puts it in front of every
         window as in training (`predict_noise`): the same video up to float rounding, slower,
-        for checking."""
+        for checking. With pooled resnet norms (the release's weights) the reference is always
+        in front of every window (`reference_cacheable`)."""
         height, width = image.shape[-2:]
         num_frames = pose_images.shape[0]
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
