@@ -20,7 +20,9 @@ original processors exactly; managers nest and compose on the same layers.
   the caller, e.g. as a `ReferenceWeights` module); the reference is a frame of the same pass
   or its K/V recorded by `capture` in a pass of its own;
 - `stop_after` / `run_until` / `capture_until` end a forward after a named block (AnyI2V's
-  latent optimisation, appendix A.1).
+  latent optimisation, appendix A.1);
+- `skip_motion_modules` runs a `UNetMotionModel` without its motion modules, i.e. as the
+  image UNet it was made from (AnyI2V's one-frame inversion, appendix A.1).
 
 Every manager can be limited to branches of the batch (`anima.attention.branches`:
 ``branches=CFG_BRANCHES, targets="cond"``, or `SOURCE_CFG_BRANCHES`).
@@ -56,6 +58,7 @@ from anima.attention.layers import (
     resnet_layers,
     select,
 )
+from anima.attention.motion import MOTION_MODULES, SkipMotionModules, skip_motion_modules
 from anima.attention.processor import AttentionCall, AttentionHook, HookedAttnProcessor, Hooks
 from anima.attention.reference import (
     RecordedKV,
@@ -70,6 +73,7 @@ from anima.attention.store import FeatureStore, StepCounter, Steps
 __all__ = [
     "CFG_BRANCHES",
     "CROSS",
+    "MOTION_MODULES",
     "RESNETS",
     "SOURCE_CFG_BRANCHES",
     "SPATIAL_SELF",
@@ -89,6 +93,7 @@ __all__ = [
     "ReferenceAttention",
     "ReferenceAttentionWeights",
     "ReferenceWeights",
+    "SkipMotionModules",
     "StepCounter",
     "Steps",
     "StopAfter",
@@ -106,5 +111,6 @@ __all__ = [
     "resnet_layers",
     "run_until",
     "select",
+    "skip_motion_modules",
     "stop_after",
 ]
