@@ -246,11 +246,15 @@ Camera = Annotated[
 class PoseDrive(_Strict):
     """A driving pose (and face) sequence for human animation (X-Dyna, ``--method xdyna``).
 
-    The driving body and face come from OpenPose keypoints (``keypoints``) or are found in a
-    driving ``video`` with mediapipe (the ``pose`` extra); the S-Face condition crops the
+    The driving body, hands and face come from OpenPose keypoints (``keypoints``) or are found
+    in a driving ``video`` with mediapipe (the ``pose`` extra); the S-Face condition crops the
     driving video's frames, so it needs ``video``. With ``align`` the driving skeleton is mapped
     onto the person in the image (scale and offset from the first frames), whose keypoints come
-    from ``reference_keypoints`` or are found in the image with mediapipe."""
+    from ``reference_keypoints`` or are found in the image with mediapipe.
+
+    A ready-made ``skeleton_video`` (such as the release's own skeleton videos) replaces the
+    keypoints: its frames are the pose condition as they are (resized to the generation size,
+    never aligned); with ``video`` as well, the face condition comes from that video."""
 
     video: str | None = Field(default=None, description="Driving video path.")
     keypoints: str | None = Field(
@@ -263,11 +267,22 @@ class PoseDrive(_Strict):
     face: bool = Field(default=True, description="Use the face condition when available.")
     start: int = Field(default=0, ge=0, description="First driving frame used.")
     stride: int = Field(default=1, ge=1, le=100, description="Use every n-th driving frame.")
+    skeleton_video: str | None = Field(
+        default=None,
+        description="Ready-made skeleton video (mp4, gif or folder of frames), the pose "
+        "condition as it is; not aligned.",
+    )
 
     @model_validator(mode="after")
     def _has_source(self) -> PoseDrive:
-        if self.video is None and self.keypoints is None:
-            raise ValueError("needs 'video' or 'keypoints'")
+        if self.video is None and self.keypoints is None and self.skeleton_video is None:
+            raise ValueError("needs 'video' or 'keypoints', or a ready 'skeleton_video'")
+        if self.skeleton_video is not None:
+            for name in ("keypoints", "reference_keypoints"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"'skeleton_video' is the pose condition as it is: drop '{name}'"
+                    )
         return self
 
 

@@ -16,8 +16,13 @@ This module is the ``xdyna`` method. ``prepare`` reads the spec's ``pose`` secti
 keypoints (OpenPose JSON, or found in the driving video with mediapipe), frames ``start, start +
 stride, ...`` (``num_frames`` of them), aligned to the person in the image
 (`anima.methods.xdyna.align`) unless ``align`` is off, then rendered as headless skeleton maps
-(`pose_map`) and, when the driving video and its face landmarks are there, the S-Face condition
-(`face`) cropped from the driving frames and moved by the same alignment. ``generate`` runs
+with hands, the way the release's skeleton videos are drawn (`pose_map`), and, when the driving
+video and its face landmarks are there, the S-Face condition (`face`) cropped from the driving
+frames and moved by the same alignment. A ready-made ``skeleton_video`` instead is the pose
+condition as it is: its frames ``start, start + stride, ...`` resized to the generation size
+(`pose_map.skeleton_maps`), never aligned; the S-Face condition then comes from ``video`` if
+given (the face needs driving frames: without them the S-Face ControlNet gets no condition, and
+a warning says so). ``generate`` runs
 `XDynaPipeline` at the generation size (the image size rounded down to multiples of 8; at most
 64 px with ``--weights tiny``) and resizes back.
 
@@ -43,6 +48,7 @@ branches (the unconditional one gets a zero image's tokens). ``--weights tiny`` 
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +64,7 @@ from anima.methods.registry import register
 from anima.methods.xdyna.align import Alignment, align_to_reference
 from anima.methods.xdyna.face import face_condition_from_keypoints
 from anima.methods.xdyna.keypoints import DrivingKeypoints, load_openpose
-from anima.methods.xdyna.pose_map import pose_maps
+from anima.methods.xdyna.pose_map import pose_maps, skeleton_maps, skeleton_video_length
 from anima.sampling.steps import step_reporter
 from anima.scene import Scene
 from anima.spec import MotionSpec, PoseDrive
@@ -125,12 +131,14 @@ class XDynaControls(Controls):
     keypoints: DrivingKeypoints | None = None  # aligned, in image pixels
     alignment: Alignment | None = None
     frames_used: list[int] | None = None
+    skeleton_video: bool = False  # the pose maps are a ready-made skeleton video's frames
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "generation_size": list(self.size),
             "driving_frames": self.frames_used,
             "face_condition": self.face is not None,
+            "skeleton_video": self.skeleton_video,
         }
         if self.alignment is not None:
             out["alignment"] = {
@@ -191,17 +199,48 @@ def _reference_keypoints(drive: PoseDrive, spec: MotionSpec, scene: Scene) -> Dr
         return keypoints
     from anima.methods.xdyna.extract import extract_keypoints
 
-    return extract_keypoints(scene.image[None], face=False)
+    return extract_keypoints(scene.image[None], face=False, hands=False)
 
 
-def _select(keypoints: DrivingKeypoints, index: list[int]) -> DrivingKeypoints:
-    return DrivingKeypoints(
-        keypoints.body[index],
-        keypoints.body_confidence[index],
-        keypoints.size,
-        None if keypoints.face is None else keypoints.face[index],
-        None if keypoints.face_confidence is None else keypoints.face_confidence[index],
-    )
+def _frame_index(count: int, drive: PoseDrive, num_frames: int, what: str, where: str) -> list[int]:
+    """Frames ``start, start + stride, ...`` of a ``count``-frame sequence, ``num_frames`` of
+    them, or `InputError` when it is too short."""
+    index = list(range(drive.start, count, drive.stride))[:num_frames]
+    if len(index) < num_frames:
+        raise InputError(
+            f"{what} has {len(index)} frames from start {drive.start} with stride "
+            f"{drive.stride}, num_frames asks for {num_frames}",
+            where,
+        )
+    return index
+
+
+def _face_condition(
+    frames: torch.Tensor,
+    keypoints: DrivingKeypoints,
+    alignment: Alignment | None,
+    scene_size: tuple[int, int],
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """The S-Face condition (F, 6, h, w) at ``size``: patches of the driving ``frames``, moved
+    by ``alignment`` onto the scene when there is one, resized nearest."""
+    patches = face_condition_from_keypoints(frames, keypoints)
+    if alignment is not None:
+        patches = _warp(patches, alignment.scale, alignment.offset, scene_size)
+    return F.interpolate(patches, size=size, mode="nearest")
+
+
+def _check_skeleton_video(spec: MotionSpec, drive: PoseDrive) -> None:
+    """The skeleton video has a frame for every one ``num_frames`` uses (counted, not read)."""
+    assert drive.skeleton_video is not None
+    count = skeleton_video_length(spec.resolve(drive.skeleton_video))
+    needed = drive.start + (spec.num_frames - 1) * drive.stride + 1
+    if count < needed:
+        raise InputError(
+            f"has {count} frames; num_frames {spec.num_frames} from start {drive.start} with "
+            f"stride {drive.stride} need {needed}",
+            "pose.skeleton_video",
+        )
 
 
 def _warp(
@@ -230,17 +269,19 @@ class XDynaMethod(Method):
 
     @classmethod
     def check_inputs(cls, spec: MotionSpec, options: XDynaOptions) -> None:
-        """The spec has a ``pose`` section whose files exist; windows overlap by less than
-        their length."""
+        """The spec has a ``pose`` section whose files exist, a skeleton video long enough for
+        ``num_frames``; windows overlap by less than their length."""
         drive = spec.pose
         if drive is None:
             raise InputError("the xdyna method needs a 'pose' section", spec.where)
         if options.overlap >= options.window:
             raise InputError("must be smaller than options.window", "options.overlap")
-        for name in ("video", "keypoints", "reference_keypoints"):
+        for name in ("video", "keypoints", "reference_keypoints", "skeleton_video"):
             relative = getattr(drive, name)
             if relative is not None and not spec.resolve(relative).exists():
                 raise InputError(f"file not found: {spec.resolve(relative)}", f"pose.{name}")
+        if drive.skeleton_video is not None:
+            _check_skeleton_video(spec, drive)
 
     def prepare(self, spec: MotionSpec, scene: Scene) -> XDynaControls:
         self.check_inputs(spec, self.options)
@@ -253,15 +294,29 @@ class XDynaMethod(Method):
                 f"must be at most {context} (the motion modules' positional encoding)",
                 "options.window",
             )
+        max_side = TINY_MAX_SIDE if self.weights.builtin == "tiny" else None
+        size = self.options.size or generation_size(scene.size, max_side)
+        if drive.skeleton_video is not None:
+            controls = self._skeleton_controls(spec, scene, size)
+        else:
+            controls = self._keypoint_controls(spec, scene, size)
+        self.report(
+            f"xdyna: {len(controls.frames_used or [])} driving frames, face condition: "
+            f"{controls.face is not None}, IP-Adapter image tokens: {pipe.has_ip_adapter}"
+        )
+        return controls
+
+    def _keypoint_controls(
+        self, spec: MotionSpec, scene: Scene, size: tuple[int, int]
+    ) -> XDynaControls:
+        """Driving keypoints (OpenPose JSON or extracted), aligned, drawn at ``size``."""
+        drive = spec.pose
+        assert drive is not None
         driving, video = _driving(drive, spec)
-        index = list(range(drive.start, driving.num_frames, drive.stride))[: spec.num_frames]
-        if len(index) < spec.num_frames:
-            raise InputError(
-                f"the driving sequence has {len(index)} frames from start {drive.start} with "
-                f"stride {drive.stride}, num_frames asks for {spec.num_frames}",
-                "pose",
-            )
-        driving = _select(driving, index)
+        index = _frame_index(
+            driving.num_frames, drive, spec.num_frames, "the driving sequence", "pose"
+        )
+        driving = driving.frames(index)
         frames = None if video is None else video[index]
         alignment = None
         if drive.align:
@@ -269,20 +324,65 @@ class XDynaMethod(Method):
             alignment, aligned = align_to_reference(driving, reference)
         else:
             aligned = driving.resized(scene.size)
-        max_side = TINY_MAX_SIDE if self.weights.builtin == "tiny" else None
-        size = self.options.size or generation_size(scene.size, max_side)
         pose = pose_maps(aligned.resized(size))
         face = None
         if drive.face and frames is not None and driving.face is not None:
-            patches = face_condition_from_keypoints(frames, driving)
-            if alignment is not None:
-                patches = _warp(patches, alignment.scale, alignment.offset, scene.size)
-            face = F.interpolate(patches, size=size, mode="nearest")
-        self.report(
-            f"xdyna: {len(index)} driving frames, face condition: {face is not None}, "
-            f"IP-Adapter image tokens: {pipe.has_ip_adapter}"
-        )
+            face = _face_condition(frames, driving, alignment, scene.size, size)
         return XDynaControls(spec, scene, None, pose, face, size, aligned, alignment, index)
+
+    def _skeleton_controls(
+        self, spec: MotionSpec, scene: Scene, size: tuple[int, int]
+    ) -> XDynaControls:
+        """The skeleton video's frames as they are, resized to ``size``; the face condition
+        from the driving video when there is one (X-Dyna §3.3: it crops driving frames)."""
+        from anima.io import read_video
+
+        drive = spec.pose
+        assert drive is not None and drive.skeleton_video is not None
+        where = "pose.skeleton_video"
+        skeleton, _ = read_video(spec.resolve(drive.skeleton_video), where=where)
+        index = _frame_index(skeleton.shape[0], drive, spec.num_frames, "the skeleton video", where)
+        pose = skeleton_maps(skeleton[index], size)
+        height, width = skeleton.shape[-2:]
+        self.report(
+            f"xdyna: skeleton video used as is, {height}x{width} resized to "
+            f"{size[0]}x{size[1]} (area filter), not aligned"
+        )
+        face = None
+        if drive.face and drive.video is None:
+            warnings.warn(
+                "pose.skeleton_video without pose.video: the S-Face ControlNet gets no "
+                "condition (it crops the driving video's faces)",
+                stacklevel=2,
+            )
+        elif drive.face and drive.video is not None:
+            face = self._skeleton_face(spec, index, size)
+        return XDynaControls(
+            spec, scene, None, pose, face, size, frames_used=index, skeleton_video=True
+        )
+
+    def _skeleton_face(
+        self, spec: MotionSpec, index: list[int], size: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The S-Face condition from the driving video's frames ``index`` (the skeleton
+        video's frames), face landmarks found with mediapipe; None without a face."""
+        from anima.io import read_video
+        from anima.methods.xdyna.extract import extract_keypoints
+
+        drive = spec.pose
+        assert drive is not None and drive.video is not None
+        video, _ = read_video(spec.resolve(drive.video), where="pose.video")
+        if video.shape[0] <= index[-1]:
+            raise InputError(
+                f"has {video.shape[0]} frames, the skeleton video's frames up to "
+                f"{index[-1]} are used",
+                "pose.video",
+            )
+        frames = video[index]
+        keypoints = extract_keypoints(frames, face=True, hands=False)
+        if keypoints.face is None:
+            return None
+        return _face_condition(frames, keypoints, None, tuple(frames.shape[-2:]), size)
 
     def generate(self, controls: Controls) -> torch.Tensor:
         assert isinstance(controls, XDynaControls) and controls.pose is not None
