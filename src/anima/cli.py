@@ -429,8 +429,11 @@ def weights_check(method: str, weights: WeightsOption = None) -> None:
     cls = get_method(method, "METHOD")
     source = Weights.resolve(weights)
     check_weights(cls, source)
-    builtin = f" (built-in '{source.builtin}')" if source.builtin in cls.builtin_weights else ""
-    print(f"{method}: ready{builtin}")
+    notes = [f"built-in '{source.builtin}'"] if source.builtin in cls.builtin_weights else []
+    describe = getattr(cls, "describe_weights", None)  # a method's note on its weights, if any
+    if describe is not None:
+        notes.append(describe(source))
+    print(f"{method}: ready" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -6,6 +6,10 @@ object's area and with how strongly it changes (Eq. 4-5). LeviTor draws them int
 maps; the coarse method and the studio show them, and every dump records them
 (``controls.json``). Nothing here is specific to one method.
 
+Two ways of placing the points: `compute_control_points` (ours: k-means++, k from the first
+frame, warm starts that follow the object) and `compute_release_control_points` (the LeviTor
+release's K-means, the placement its released ControlNet was trained on).
+
 Conventions: pixel coordinates are floats with x to the right and y down, pixel ``(row, col)``
 has centre ``(x=col, y=row)``; frames are ``0..F-1``; distance maps hold DISTANCE (positive,
 larger = farther); sizes are ``(H, W)``. Nothing here assumes a resolution.
@@ -346,6 +350,177 @@ def compute_control_points(
     if not owners:
         xys, dists = [np.zeros((frames, 0, 2))], [np.zeros((frames, 0))]
         vis, owners = [np.zeros((frames, 0), dtype=bool)], [np.zeros(0, dtype=np.int64)]
+    return ControlPoints(
+        xy=torch.from_numpy(np.concatenate(xys, axis=1)).float(),
+        distance=torch.from_numpy(np.concatenate(dists, axis=1)).float(),
+        instance=torch.from_numpy(np.concatenate(owners)),
+        visible=torch.from_numpy(np.concatenate(vis, axis=1)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The LeviTor release's K-means (the "release" control-map convention)
+# --------------------------------------------------------------------------------------------
+
+#: The release clusters every 10th mask pixel in raster order.
+RELEASE_SUBSAMPLE = 10
+
+
+def release_num_control_points(
+    areas: Sequence[float], image_area: float, moved: bool, alpha: float = DEFAULT_ALPHA
+) -> int:
+    """``k`` of one object before the points scale, as the LeviTor release computes it.
+
+    Eq. 4 (LeviTor §3.2) on the object's LARGEST area over the clip, rounded with Python's
+    ``round`` (halves to even), clamped to ``[1, 8]``; then Eq. 5: at least 3 when the object
+    is moved or its max/min area ratio exceeds 10 (an area of 0 in some frame counts). Unlike
+    `num_control_points` the points scale is applied later (`release_points_count`), because
+    the release compares the unscaled ``k`` with the object's pixel count.
+    """
+    if len(areas) == 0:
+        raise ValueError("areas must hold at least one frame's area")
+    if image_area <= 0:
+        raise ValueError(f"image_area must be positive, got {image_area}")
+    k = round(float(max(areas)) * alpha / float(image_area))  # Eq. 4
+    k = min(max(k, MIN_POINTS), MAX_POINTS)
+    if moved or _changes_strongly([float(a) for a in areas]):  # Eq. 5
+        k = max(k, MIN_POINTS_CHANGING)
+    return k
+
+
+def release_points_count(k: int, points_scale: float, max_points: int | None = None) -> int:
+    """Points of an object: ``int(k * points_scale)`` (truncated, as the release does), at
+    least 1, at most ``max_points`` when given."""
+    if points_scale <= 0:
+        raise ValueError(f"points_scale must be positive, got {points_scale}")
+    count = max(1, int(k * points_scale))
+    return count if max_points is None else min(count, max_points)
+
+
+def _raster_pixels(mask: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` float32 ``(row, col)`` of every 10th mask pixel in raster order."""
+    rows, cols = np.nonzero(mask)
+    pixels = np.stack([rows, cols], axis=1).astype(np.float32)
+    return pixels[::RELEASE_SUBSAMPLE]
+
+
+def _evenly_spaced(pixels: np.ndarray, k: int) -> np.ndarray:
+    """The release's K-means start: ``k`` of the pixels, ``n // k`` apart in raster order, the
+    first at half that step (``n`` pixels, ``n >= k``)."""
+    step = pixels.shape[0] // k
+    return pixels[step // 2 + step * np.arange(k)]
+
+
+def _centres_present(centres: np.ndarray, pixels: np.ndarray) -> bool:
+    """The release's test for keeping its warm start: every centre "is in" the pixels in
+    numpy's sense of ``in`` on arrays, i.e. some pixel shares its row or its column."""
+    return all(bool((pixels == centre).any()) for centre in centres)
+
+
+def _fit_kmeans(pixels: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """scikit-learn's K-means (Lloyd) on ``pixels`` from the centres ``start``, one run, in
+    float32 as the release's pixel array is; the fitted centres in the order of ``start``."""
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():  # fewer distinct pixels than centres: not the user's concern
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted = KMeans(n_clusters=start.shape[0], init=start, n_init=1).fit(pixels)
+    return fitted.cluster_centers_.astype(np.float32)
+
+
+def _release_track(
+    masks: np.ndarray, distance: np.ndarray, k: int, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The release's K-means of one object over the clip: ``xy (F,count,2)`` as ``(x, y)``,
+    ``dist (F,count)``, ``visible (F,)``; see `compute_release_control_points`."""
+    frames = masks.shape[0]
+    xy = np.zeros((frames, count, 2), dtype=np.float64)
+    dist = np.zeros((frames, count), dtype=np.float64)
+    visible = np.zeros(frames, dtype=bool)
+    start: np.ndarray | None = None
+    for f in range(frames):
+        pixels = _raster_pixels(masks[f])
+        if pixels.shape[0] < max(k, count):  # skipped in this frame: keep the last values
+            if f > 0:
+                xy[f], dist[f] = xy[f - 1], dist[f - 1]
+            continue
+        if start is None:
+            start = _fit_kmeans(pixels, _evenly_spaced(pixels, count))
+        elif not _centres_present(start, pixels):
+            start = _evenly_spaced(pixels, count)
+        centres = _fit_kmeans(pixels, start)  # (row, col)
+        rows, cols = np.trunc(centres).astype(np.int64).T  # int() of each coordinate
+        xy[f] = centres[:, ::-1]
+        dist[f], visible[f] = distance[f, rows, cols], True
+    return xy, dist, visible
+
+
+def compute_release_control_points(
+    instance: Tensor,
+    distance: Tensor,
+    moved_ids: Collection[int],
+    points_scale: float = 1.0,
+    alpha: float = DEFAULT_ALPHA,
+    max_points: int | None = None,
+) -> ControlPoints:
+    """Control trajectories placed as the LeviTor release places them (LeviTor §3.2, Eq. 1-5).
+
+    Every object id present in some frame (ascending) gets ``count`` points:
+    ``k = release_num_control_points(areas)`` (its largest area over the clip), then
+    ``count = release_points_count(k, points_scale, max_points)`` (``int`` truncation). Per
+    frame, scikit-learn's K-means (Lloyd, one run) clusters every 10th mask pixel in raster
+    order as float32 ``(row, col)``:
+
+    - the first frame where the object is clustered starts from ``count`` evenly spaced pixels
+      (`_evenly_spaced`: ``n // count`` apart in raster order, the first at half a step), and
+      its fitted centres become the object's warm start;
+    - every frame (that one included) fits from the warm start; before that, if some warm-start
+      centre shares neither its row nor its column with any sampled pixel of the frame (the
+      release's ``centre in pixels`` test on arrays), the warm start is replaced, for this and
+      later frames, by this frame's evenly spaced pixels.
+
+    An object is skipped in a frame (its points invisible there, keeping their last values)
+    when it has fewer sampled pixels than ``k``, as in the release, or than ``count`` (where the
+    release's K-means would stop with an error). ``xy`` holds the fitted centres as floats; the
+    release truncates them with ``int()``, which the distance sampling here (Eq. 2, at
+    ``(int(row), int(col))`` of that frame's map) and the release's drawing
+    (`anima.methods.levitor.release_maps`) do.
+
+    Args:
+        instance: ``(F, H, W)`` int64 object ids, 0 = background.
+        distance: ``(F, H, W)`` float distance maps (larger = farther).
+        moved_ids: ids of objects that the trajectories move (Eq. 5 gives them ``k >= 3``).
+        points_scale: the release's "points scale" multiplier of ``k``.
+        alpha: Eq. 4's alpha.
+        max_points: cap on the points of an object (1: the single-point setting of Tab. S1).
+
+    Returns:
+        Points ordered by object id, then by cluster index (the release's drawing order).
+    """
+    if instance.dim() != 3 or distance.shape != instance.shape:
+        raise ValueError(
+            f"instance and distance must both be (F, H, W); got {tuple(instance.shape)} "
+            f"and {tuple(distance.shape)}"
+        )
+    ids_map, dist_map = _as_numpy(instance), _as_numpy(distance)
+    frames, h, w = ids_map.shape
+    moved = {int(i) for i in moved_ids}
+    xys = [np.zeros((frames, 0, 2))]
+    dists = [np.zeros((frames, 0))]
+    vis = [np.zeros((frames, 0), dtype=bool)]
+    owners = [np.zeros(0, dtype=np.int64)]
+    for obj in np.unique(ids_map[ids_map > 0]).tolist():
+        masks = ids_map == obj
+        k = release_num_control_points(masks.sum(axis=(1, 2)).tolist(), h * w, obj in moved, alpha)
+        count = release_points_count(k, points_scale, max_points)
+        xy, dist, visible = _release_track(masks, dist_map, k, count)
+        xys.append(xy)
+        dists.append(dist)
+        vis.append(np.repeat(visible[:, None], count, axis=1))
+        owners.append(np.full(count, obj, dtype=np.int64))
     return ControlPoints(
         xy=torch.from_numpy(np.concatenate(xys, axis=1)).float(),
         distance=torch.from_numpy(np.concatenate(dists, axis=1)).float(),

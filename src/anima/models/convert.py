@@ -6,6 +6,11 @@ with safetensors or pickle weights (pickle only with ``--allow-pickle``). The st
 checked against `SVDControlNetModel` built from the config, key by key and shape by shape,
 before anything is written; the output is ``config.json`` + ``diffusion_pytorch_model.safetensors``
 written atomically, loadable with safetensors only from then on.
+
+LeviTor's release (config class ``ControlNetSVDModel``) was trained on control maps drawn the
+release's way (LeviTor §3.2): its converted config records ``control_convention: "release"``,
+so that the levitor method draws them that way by default. A checkpoint in our layout keeps the
+convention it records.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from anima.models.svd_controlnet import SVDControlNetModel
 from anima.weights import PICKLE_SUFFIXES
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+#: The config class of LeviTor's released ControlNet.
+LEVITOR_RELEASE_CLASS = "ControlNetSVDModel"
 
 
 def _controlnet_folder(source: Path) -> Path:
@@ -49,8 +56,9 @@ def _read_state_dict(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor
 
 
 def controlnet_config(folder: Path) -> dict:
-    """The checkpoint's config as our class's: class name, and the community ControlNet's
-    repeated-residual convention made explicit."""
+    """The checkpoint's config as our class's: class name, the community ControlNet's
+    repeated-residual convention and the LeviTor release's control-map convention made
+    explicit."""
     config = json.loads((folder / "config.json").read_text())
     name = config.get("_class_name")
     if name not in CONTROLNET_CLASS_NAMES:
@@ -63,6 +71,8 @@ def controlnet_config(folder: Path) -> dict:
     known["cumulative_skip_residuals"] = name == "ControlNetSDVModel" or bool(
         config.get("cumulative_skip_residuals")
     )
+    if name == LEVITOR_RELEASE_CLASS and "control_convention" not in config:
+        known["control_convention"] = "release"
     return known
 
 

@@ -71,7 +71,10 @@ class SVDControlNetModel(ModelMixin, ConfigMixin):
 
     ``control_variant`` records which LeviTor control signal the model was trained on
     (`anima.methods.levitor.controls.CONTROL_VARIANTS`: the full signal or an ablation), so that
-    inference feeds it the same; released checkpoints are ``"full"``.
+    inference feeds it the same; released checkpoints are ``"full"``. ``control_convention``
+    records how its control maps were placed and drawn (``CONTROL_CONVENTIONS`` of
+    `anima.methods.levitor.controls`): ``"release"`` for LeviTor's released checkpoint (the
+    converter writes it), ``"anima"`` for models anima trains and for configs that predate it.
     """
 
     _supports_gradient_checkpointing = True
@@ -106,6 +109,7 @@ class SVDControlNetModel(ModelMixin, ConfigMixin):
         conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
         cumulative_skip_residuals: bool = False,
         control_variant: str = "full",
+        control_convention: str = "anima",
     ) -> None:
         super().__init__()
         blocks = len(down_block_types)

@@ -4,6 +4,12 @@ Each frame's K-means control points (`anima.control_points`, Eq. 1-5) are drawn 
 channels that the ControlNet stem receives as raw 0..255 values: a Gaussian heatmap, the object
 number and the depth (as disparity scaled to 0..255) at each point.
 
+Two conventions (`CONTROL_CONVENTIONS`) place and draw them: ``"anima"`` (this module's
+`control_maps` on `compute_control_points`) and ``"release"`` (the authors' release, point for
+point and pixel for pixel: `anima.methods.levitor.release_maps` on
+`compute_release_control_points`). A ControlNet must be fed the convention it was trained on;
+its config records it (``control_convention``).
+
 Conventions: as `anima.control_points`.
 """
 
@@ -16,7 +22,12 @@ import torch
 from torch import Tensor
 
 from anima.clips import resize_nearest
-from anima.control_points import ControlPoints, compute_control_points
+from anima.control_points import (
+    ControlPoints,
+    compute_control_points,
+    compute_release_control_points,
+)
+from anima.methods.levitor.release_maps import release_control_maps
 
 #: Resolution at which the heatmap template is 20 px wide (the release's 288x512 clips).
 REFERENCE_SIDE = 288
@@ -25,6 +36,8 @@ TEMPLATE_SIDE, TEMPLATE_SIGMA, PATCH_SIDE = 200.0, 40.0, 20.0
 #: The control signals of the paper's ablations (Tab. 2: without depth, without instance;
 #: Tab. S1: one point per object), each the input of its own trained ControlNet.
 CONTROL_VARIANTS = ("full", "single_point", "no_depth", "no_instance")
+#: How points are placed and drawn: ours, or the LeviTor release's (what its checkpoint saw).
+CONTROL_CONVENTIONS = ("anima", "release")
 
 
 def first_frame_depth_range(distance: Tensor) -> tuple[float, float]:
@@ -156,6 +169,7 @@ def control_signal(
     points_scale: float = 1.0,
     seed: int = 0,
     variant: str = "full",
+    convention: str = "anima",
 ) -> tuple[ControlPoints, Tensor]:
     """Instance and distance maps of a clip -> LeviTor control points and control maps.
 
@@ -165,24 +179,40 @@ def control_signal(
 
     ``variant`` selects the paper's ablations (`CONTROL_VARIANTS`): ``single_point`` keeps one
     point per object (k = 1, Tab. S1), ``no_depth`` and ``no_instance`` zero channel 2 or 1
-    (Tab. 2). A ControlNet must be fed the variant it was trained on (its config says which).
+    (Tab. 2). ``convention`` (`CONTROL_CONVENTIONS`) selects ours (:func:`control_maps` on
+    `compute_control_points`, seeded by ``seed``) or the release's
+    (`anima.methods.levitor.release_maps.release_control_maps` on
+    `compute_release_control_points`, which draws no random numbers). A ControlNet must be fed
+    the variant and the convention it was trained on (its config says which).
 
     Returns:
-        The points and the ``(F, 3, H, W)`` raw 0..255 control maps (:func:`control_maps`).
+        The points and the ``(F, 3, H, W)`` raw 0..255 control maps.
     """
     size = tuple(size or instance.shape[-2:])
     instance, distance = resize_nearest(instance, size), resize_nearest(distance, size)
     if variant not in CONTROL_VARIANTS:
         raise ValueError(f"unknown control variant {variant!r} (use {', '.join(CONTROL_VARIANTS)})")
-    points = compute_control_points(
-        instance,
-        distance,
-        moved_ids,
-        points_scale=points_scale,
-        seed=seed,
-        max_points=1 if variant == "single_point" else None,
-    )
-    maps = control_maps(points, size, first_frame_depth_range(distance))
+    if convention not in CONTROL_CONVENTIONS:
+        raise ValueError(
+            f"unknown control convention {convention!r} (use {', '.join(CONTROL_CONVENTIONS)})"
+        )
+    max_points = 1 if variant == "single_point" else None
+    depth_range = first_frame_depth_range(distance)
+    if convention == "release":
+        points = compute_release_control_points(
+            instance, distance, moved_ids, points_scale=points_scale, max_points=max_points
+        )
+        maps = release_control_maps(points, size, depth_range)
+    else:
+        points = compute_control_points(
+            instance,
+            distance,
+            moved_ids,
+            points_scale=points_scale,
+            seed=seed,
+            max_points=max_points,
+        )
+        maps = control_maps(points, size, depth_range)
     if variant == "no_instance":
         maps[:, 1] = 0.0
     elif variant == "no_depth":

@@ -29,7 +29,9 @@ very function inference uses on rendered masks, with:
   the image diagonal away from its first-frame centroid. At inference the moved objects are the
   ones a trajectory moves; this is the measurable counterpart on ground truth;
 - the K-means++ seed of the first frame drawn per sample (``points_seed``), so that the points'
-  placement varies over training as users' clicks do.
+  placement varies over training as users' clicks do;
+- the control-map convention of the model being trained (``convention``: ``"anima"``, ours, or
+  ``"release"``, the LeviTor release's placement and drawing, which ignores the seed).
 
 Validation happens at the boundary: a missing folder, differing frame/mask/depth counts or names,
 clips shorter than ``num_frames``, and (for the first frame at construction, for every loaded
@@ -221,6 +223,7 @@ class LevitorDataset:
         move_threshold: fraction of the image diagonal that makes an object "moved".
         points_scale: `control_signal`'s multiplier of the number of points.
         variant: `control_signal`'s control variant (the full signal or an ablation).
+        convention: `control_signal`'s control-map convention (``"anima"`` or ``"release"``).
         fov: horizontal field of view of the ground-plane fallback, degrees.
         depth_cache_clips: how many clips' estimated distance maps stay in memory.
     """
@@ -236,6 +239,7 @@ class LevitorDataset:
         fov: float = DEFAULT_FOV,
         depth_cache_clips: int = 8,
         variant: str = "full",
+        convention: str = "anima",
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -246,6 +250,7 @@ class LevitorDataset:
         self.move_threshold = move_threshold
         self.points_scale = points_scale
         self.variant = variant
+        self.convention = convention
         self.fov = fov
         self.depth_cache_clips = depth_cache_clips
         self._depth_cache: OrderedDict[str, Tensor] = OrderedDict()
@@ -382,6 +387,7 @@ class LevitorDataset:
             points_scale=self.points_scale,
             seed=points_seed,
             variant=self.variant,
+            convention=self.convention,
         )
         return ClipSample(
             clip.name, start, frames, instance, distance, moved, int(points_seed), control

@@ -36,7 +36,8 @@ Conditioning is exactly inference's (`LeviTorPipeline`): the CLIP embedding of t
 first frame's VAE latent after noise augmentation (``latent_dist.mode()``, NOT scaled by the
 scaling factor, repeated over frames; the pipeline's ``_encode_vae_image``), added time ids
 ``[fps - 1, motion_bucket_id, noise_aug_strength]`` (``_get_add_time_ids``) and the control maps
-of `control_signal` (raw 0..255), at ControlNet scale 1. The defaults are the pipeline's: fps 6
+of `control_signal` (raw 0..255) in the run's control-map convention (``control_convention``:
+ours by default, or the release's), at ControlNet scale 1. The defaults are the pipeline's: fps 6
 (the release's demo passes fps=6 to a pipeline that subtracts 1, so the model receives 5; the
 training code was not released), motion bucket 100, noise augmentation 0.02.
 
@@ -48,7 +49,8 @@ stream, sigma and the noises in another. Checkpoints (``out/checkpoint-<step>/``
 layout of the official LeviTor release) beside accelerate's state, so resuming at step k
 reproduces an uninterrupted run bit-exactly on the same hardware and process count.
 
-Outputs: ``out/controlnet/`` (safetensors), ``out/train_config.json``, ``out/log.jsonl`` (one
+Outputs: ``out/controlnet/`` (safetensors; its config records the control variant and the
+control-map convention it was trained on), ``out/train_config.json``, ``out/log.jsonl`` (one
 line per logged step: ``step``, ``loss`` = mean loss over the steps since the previous line,
 ``lr``, ``seconds`` = mean wall-clock seconds per step over the same steps), written by the main
 process. The same code runs on CPU and under ``accelerate launch`` on many GPUs.
@@ -190,6 +192,11 @@ class TrainConfig(RunConfig):
     points_scale: float = Field(1.0, gt=0)
     variant: Annotated[Literal["full", "single_point", "no_depth", "no_instance"], Flag()] = Field(
         "full", description="full, or an ablation (Tab. 2): single_point, no_depth, no_instance."
+    )
+    control_convention: Annotated[Literal["anima", "release"], Flag()] = Field(
+        "anima",
+        description="Control maps placed and drawn our way (anima) or as LeviTor's release "
+        "draws them (release); recorded in the ControlNet's config.",
     )
     move_threshold: float = Field(DEFAULT_MOVE_THRESHOLD, ge=0)
     fov: float = Field(DEFAULT_FOV, gt=1, lt=179, description="Ground-plane depth fallback.")
@@ -373,10 +380,12 @@ def initial_controlnet(
     seed: int,
     variant: str = "full",
     vae_scale: int = 8,
+    convention: str = "anima",
 ) -> SVDControlNetModel:
     """``init`` (a ControlNet directory, or an accelerate state dir holding ``controlnet/``),
     else `SVDControlNetModel.from_unet` (stem initialised from ``seed``, downsampling control
-    images by the VAE's ``vae_scale``), recording the control ``variant`` it is trained on.
+    images by the VAE's ``vae_scale``), recording the control ``variant`` and the control-map
+    ``convention`` it is trained on; an ``init`` that records others is an `InputError`.
     fp32."""
     from anima.models.svd_controlnet import SVDControlNetModel
 
@@ -385,11 +394,14 @@ def initial_controlnet(
         from anima.models.svd import stem_channels
 
         with seeded(seed):
-            return SVDControlNetModel.from_unet(
+            controlnet = SVDControlNetModel.from_unet(
                 unet,
                 conditioning_embedding_out_channels=stem_channels(vae_scale),
                 control_variant=variant,
             ).float()
+        controlnet.register_to_config(control_convention=convention)
+        return controlnet
+    from anima.methods.levitor.loading import folder_convention
     from anima.models.loading import load_svd_controlnet
 
     init = Path(init)
@@ -412,6 +424,14 @@ def initial_controlnet(
             f"signal, not '{variant}' (--variant)",
             str(init),
         )
+    recorded = folder_convention(init)
+    if recorded != convention:
+        raise InputError(
+            f"the ControlNet was trained on '{recorded}' control maps, not '{convention}' "
+            f"(pass --control-convention {recorded})",
+            str(init),
+        )
+    controlnet.register_to_config(control_convention=recorded)
     return controlnet
 
 
@@ -539,6 +559,7 @@ def train_levitor(
         points_scale=config.points_scale,
         fov=config.fov,
         variant=config.variant,
+        convention=config.control_convention,
     )
     resume_dir = resolve_resume(config.resume, out)
     if resume_dir is None and config.resume is None and list_checkpoints(out):
@@ -562,6 +583,7 @@ def train_levitor(
         config.seed,
         config.variant,
         vae_scale,
+        config.control_convention,
     )
     for name in ("vae", "image_encoder", "unet"):
         model = components[name]
