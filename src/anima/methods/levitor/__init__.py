@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch.nn import functional as F
 
 from anima.animation import build_animation
@@ -63,6 +63,19 @@ class LeviTorOptions(BaseModel):
         "draws them, what its checkpoint was trained on) or 'anima' (ours). Default: what the "
         "loaded ControlNet's config records; this option, when given, wins.",
     )
+
+    release_cfg_order: bool = Field(
+        False,
+        description="Pair the temporal cross-attention with the image embedding as the "
+        "release's batched CFG call does (a bug of the diffusers version it copied): only to "
+        "reproduce the official demo exactly. Needs batched CFG (not sequential_cfg).",
+    )
+
+    @model_validator(mode="after")
+    def _batched_for_release_order(self) -> LeviTorOptions:
+        if self.release_cfg_order and self.sequential_cfg:
+            raise ValueError("release_cfg_order needs batched CFG: turn sequential_cfg off")
+        return self
 
     @field_validator("size")
     @classmethod
@@ -182,6 +195,7 @@ class LeviTorMethod(Method):
             controlnet_conditioning_scale=options.controlnet_scale,
             decode_chunk_size=options.decode_chunk_size,
             sequential_cfg=options.sequential_cfg,
+            release_cfg_order=options.release_cfg_order,
             generator=torch.Generator(device="cpu").manual_seed(controls.spec.seed),
             callback_on_step_end=step_reporter(self.report, self.name, steps),
         )

@@ -21,6 +21,8 @@ must be multiples of 8 (the VAE and the ControlNet stem downsample 8x).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import PIL.Image
 import torch
 from diffusers import (
@@ -36,6 +38,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 from transformers import CLIPVisionModelWithProjection
 
+from anima.methods.levitor.release_cfg import release_cfg_order as release_cfg
 from anima.models.svd import CLIPProcessor
 from anima.models.svd_controlnet import SVDControlNetModel
 from anima.models.unet_residuals import unet_residuals
@@ -169,6 +172,7 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
         latents: Tensor | None = None,
         output_type: str = "pt",
         callback_on_step_end: StepCallback | None = None,
+        release_cfg_order: bool = False,
     ) -> Tensor:
         """Generate one video.
 
@@ -190,6 +194,9 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
             latents: initial latents (B, F, 4, H/8, W/8) instead of drawing them.
             output_type: "pt" for frames, "latent" for the final latents.
             callback_on_step_end: ``f(pipe, step, t, {"latents": ...}) -> {"latents": ...}``.
+            release_cfg_order: pair the temporal cross-attention's rows with the image embedding
+                as the release does in its batched CFG call (`release_cfg`), to reproduce the
+                official demo; needs batched CFG (not ``sequential_cfg``).
 
         Returns:
             (F, 3, H, W) float frames in [0, 1], or the latents (1, F, 4, H/8, W/8).
@@ -212,6 +219,8 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
             )
         device = self._execution_device
         cfg = max_guidance_scale > 1
+        if release_cfg_order and sequential_cfg:
+            raise ValueError("release_cfg_order reproduces a batched CFG call: not sequential_cfg")
         self._guidance_scale = max_guidance_scale
         image = self._image_tensor(image)
 
@@ -249,7 +258,9 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
             control = torch.cat([control, control])  # both branches see the control maps
 
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress:
+        ordered = cfg and release_cfg_order
+        release_order = release_cfg(self.unet, self.controlnet) if ordered else nullcontext()
+        with self.progress_bar(total=len(timesteps)) as progress, release_order:
             for step, t in enumerate(timesteps):
                 scaled = self.scheduler.scale_model_input(
                     torch.cat([latents] * 2 if cfg else [latents]), t
