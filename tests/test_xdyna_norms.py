@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from anima.cli import main
+from anima.methods.xdyna import XDynaMethod
 from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.methods.xdyna.convert import RELEASE_NORMS, SPATIAL_FILE, same_tensor
 from anima.methods.xdyna.loading import load_xdyna_components, tiny_xdyna_components
@@ -281,6 +282,8 @@ def test_converter_writes_the_changed_sd_tensors_and_the_release_norms(
     assert sorted(written) == sorted(CHANGED)
     assert all(torch.equal(written[key], state[key]) for key in CHANGED)
     assert DynamicsAdapter.from_pretrained(root / "xdyna/adapter").norms == RELEASE_NORMS
+    note = XDynaMethod.describe_weights(Weights.resolve(str(root)))  # `anima weights check`
+    assert note == "norms: motion modules per frame, resnets pooled"
 
     components = load_xdyna_components(Weights.resolve(str(root)), torch.float32)
     loaded = components["unet"].state_dict()

@@ -430,9 +430,9 @@ def weights_check(method: str, weights: WeightsOption = None) -> None:
     source = Weights.resolve(weights)
     check_weights(cls, source)
     notes = [f"built-in '{source.builtin}'"] if source.builtin in cls.builtin_weights else []
-    describe = getattr(cls, "describe_weights", None)  # a method's note on its weights, if any
-    if describe is not None:
-        notes.append(describe(source))
+    note = cls.describe_weights(source)
+    if note is not None:
+        notes.append(note)
     print(f"{method}: ready" + (f" ({'; '.join(notes)})" if notes else ""))
 
 

@@ -102,6 +102,12 @@ class Method(ABC):
         names, sections it needs), before any work: `anima.preflight` runs it on every spec of
         a batch. Nothing by default."""
 
+    @classmethod
+    def describe_weights(cls, weights: Weights) -> str | None:
+        """A note ``anima weights check`` adds on the weights (e.g. a convention their config
+        records); None by default."""
+        return None
+
     def load(self) -> object | None:  # noqa: B027 - optional hook, a no-op by default
         """Load the method's models; runs before any heavy work so that missing or bad weights
         fail fast. Methods without weights have nothing to load."""

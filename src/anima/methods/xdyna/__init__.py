@@ -48,6 +48,7 @@ branches (the unconditional one gets a zero image's tokens). ``--weights tiny`` 
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,7 @@ from anima.methods.xdyna.align import Alignment, align_to_reference
 from anima.methods.xdyna.face import face_condition_from_keypoints
 from anima.methods.xdyna.keypoints import DrivingKeypoints, load_openpose
 from anima.methods.xdyna.pose_map import pose_maps, skeleton_maps, skeleton_video_length
+from anima.models.frame_norms import DIFFUSERS_NORMS
 from anima.sampling.steps import step_reporter
 from anima.scene import Scene
 from anima.spec import MotionSpec, PoseDrive
@@ -263,6 +265,19 @@ class XDynaMethod(Method):
     components = (SD15, MOTION_ADAPTER, XDYNA_ADAPTER, XDYNA_POSE, XDYNA_FACE, XDYNA_IP_ADAPTER)
     builtin_weights = ("tiny",)
     options_model = XDynaOptions
+
+    @classmethod
+    def describe_weights(cls, weights: Weights) -> str:
+        """What ``anima weights check xdyna`` adds: the normalisation the adapter's config
+        records (`anima.models.frame_norms`; the converter writes the release's)."""
+        folder = weights.component_dir(XDYNA_ADAPTER)
+        config_file = None if folder is None else folder / "config.json"
+        config = {}
+        if config_file is not None and config_file.is_file():
+            config = json.loads(config_file.read_text())
+        motion = config.get("motion_norm", DIFFUSERS_NORMS.motion).replace("_", " ")
+        resnet = config.get("resnet_norm", DIFFUSERS_NORMS.resnet).replace("_", " ")
+        return f"norms: motion modules {motion}, resnets {resnet}"
 
     def load(self):
         return load_pipeline(self.weights, self.device, self.dtype)
