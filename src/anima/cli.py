@@ -410,10 +410,12 @@ def weights_convert_xdyna(
 ) -> None:
     """Convert X-Dyna's release checkpoints (UNet, pose and face ControlNets, IP-Adapter).
 
-    Writes OUT/motion-adapter, OUT/xdyna/adapter, OUT/xdyna/pose_controlnet,
-    OUT/xdyna/face_controlnet and OUT/ip-adapter/ip-adapter-plus_sd15.safetensors (the UNet
-    checkpoint's to_k_ip/to_v_ip with --ip-adapter's resampler), after checking every key and
-    shape. IP-Adapter's image encoder is copied by hand to OUT/ip-adapter/image_encoder/."""
+    Writes OUT/motion-adapter, OUT/xdyna/adapter (recording the release's normalisation),
+    OUT/xdyna/pose_controlnet, OUT/xdyna/face_controlnet,
+    OUT/ip-adapter/ip-adapter-plus_sd15.safetensors (the UNet checkpoint's to_k_ip/to_v_ip with
+    --ip-adapter's resampler) and, where the UNet checkpoint's SD1.5 tensors differ from
+    --sd15's, OUT/xdyna/unet_spatial.safetensors with the release's, after checking every key
+    and shape. IP-Adapter's image encoder is copied by hand to OUT/ip-adapter/image_encoder/."""
     from anima.methods.xdyna.convert import convert_xdyna
 
     report = convert_xdyna(
