@@ -66,7 +66,6 @@ from anima.methods.xdyna.align import Alignment, align_to_reference
 from anima.methods.xdyna.face import face_condition_from_keypoints
 from anima.methods.xdyna.keypoints import DrivingKeypoints, load_openpose
 from anima.methods.xdyna.pose_map import pose_maps, skeleton_maps, skeleton_video_length
-from anima.models.frame_norms import DIFFUSERS_NORMS
 from anima.sampling.steps import step_reporter
 from anima.scene import Scene
 from anima.spec import MotionSpec, PoseDrive
@@ -270,6 +269,8 @@ class XDynaMethod(Method):
     def describe_weights(cls, weights: Weights) -> str:
         """What ``anima weights check xdyna`` adds: the normalisation the adapter's config
         records (`anima.models.frame_norms`; the converter writes the release's)."""
+        from anima.models.frame_norms import DIFFUSERS_NORMS  # diffusers: not at CLI start-up
+
         folder = weights.component_dir(XDYNA_ADAPTER)
         config_file = None if folder is None else folder / "config.json"
         config = {}
