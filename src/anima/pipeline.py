@@ -212,7 +212,8 @@ class DumpWriter:
     """Writes a dump frame by frame (the layout the README's CLI section fixes):
     ``frames/NNNN.png``; where the method rendered, ``render/{rgb,depth,instance,visible}/
     NNNN.png`` and ``render/depth.npy`` (F, h, w) float32, written frame by frame; then, on a
-    clean exit, ``controls.json`` and ``spec.resolved.json``."""
+    clean exit, ``controls.json``, the controls' images (``NAME.png``, `Controls.images`) and
+    ``spec.resolved.json``."""
 
     def __init__(self, folder: Path, result: AnimateResult) -> None:
         self.folder = folder
@@ -249,5 +250,7 @@ class DumpWriter:
         if kind is None:
             controls = json.dumps(self.result.controls.to_json())
             (self.folder / "controls.json").write_text(controls)
+            for name, image in self.result.controls.images().items():
+                write_png(self.folder / f"{name}.png", image)
             spec = spec_to_json(self.result.spec) + "\n"
             (self.folder / "spec.resolved.json").write_text(spec)

@@ -60,6 +60,11 @@ class Controls:
         """The method's control signal as JSON (``controls.json`` in a dump)."""
         return {}
 
+    def images(self) -> dict[str, torch.Tensor]:
+        """Images the method was conditioned on, by name, each (3, H, W) in [0, 1]: a dump
+        writes them as ``NAME.png`` (e.g. AnyI2V's condition map). Nothing by default."""
+        return {}
+
 
 class Method(ABC):
     """Base class of every method. Subclasses set the class attributes and the two steps."""

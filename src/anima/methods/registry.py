@@ -9,11 +9,12 @@ from anima.errors import InputError
 from anima.methods.base import Method
 from anima.weights import Weights
 
-# name -> module that defines (and registers) it
+# name -> module that defines (and registers) it; `default_method` prefers them in this order
 _BUILTIN = {
     "coarse": "anima.methods.coarse",
     "levitor": "anima.methods.levitor",
     "xdyna": "anima.methods.xdyna",
+    "anyi2v": "anima.methods.anyi2v",
 }
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -41,8 +42,10 @@ def get_method(name: str, where: str = "--method") -> type[Method]:
 
 
 def default_method(weights: Weights) -> str:
-    """The weight-free ``coarse`` method unless weights are configured for a learned one."""
-    for name in method_names():
+    """The weight-free ``coarse`` method unless weights are configured for a learned one (the
+    first such in the table of built-ins, then other registered methods by name)."""
+    others = sorted(set(_REGISTRY) - set(_BUILTIN))
+    for name in [*_BUILTIN, *others]:
         cls = get_method(name)
         if (
             cls.components

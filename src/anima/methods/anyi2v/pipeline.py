@@ -29,16 +29,18 @@ A call (docs/architecture.md, "A method folder"):
 and the pipeline samples as diffusers' `AnimateDiffPipeline` does with the same components,
 prompt, seed, steps, guidance and size.
 
-Not here yet: AnyI2V's latent optimisation on the box trajectories (the main paper's motion
-control, appendix A.1 "Details of Optimization").
+With box ``tracks`` (`anima.methods.anyi2v.boxes.BoxTrack`, image pixels), the latent is
+optimised before the main pass of the optimisation steps (0-5) so that each object's features
+follow its boxes (`anima.methods.anyi2v.optimisation`, AnyI2V appendix A.1); ``tracks=None``
+(or an empty list) leaves the sampling exactly as without it.
 
 Known differences from the release: none in the UNet (its AnimateDiff v3 config sets
 ``use_inflated_groupnorm``, whose GroupNorm folds the frames into the batch: each frame is
 normalised alone, as diffusers' `UNetMotionModel` does; without it the res blocks would pool
-over the frames, X-Dyna's case, `anima.models.frame_norms`). Its patch-wise AdaIN uses the unbiased std with an
-epsilon added to it (`anima.attention.patch_adain`: population std, clamped), the same ratio
-up to that epsilon. Its 512x512 and 16 frames are fixed; here any size that is a multiple of 8
-and any length.
+over the frames, X-Dyna's case, `anima.models.frame_norms`). Its patch-wise AdaIN uses the
+unbiased std with an epsilon added to it (`anima.attention.patch_adain`: population std,
+clamped), the same ratio up to that epsilon. Its 512x512 and 16 frames are fixed; here any
+size that is a multiple of 8 and any length.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from anima.methods.anyi2v import inversion
+from anima.methods.anyi2v.boxes import BoxTrack
 from anima.methods.anyi2v.injection import FirstFrameInjection, InjectionOptions
 from anima.methods.anyi2v.inversion import InvertedFeatures
+from anima.methods.anyi2v.optimisation import LatentOptimisation, OptimisationOptions
 from anima.sampling.steps import StepCallback
 from anima.sampling.windows import sliding_windows, windowed_prediction
 
@@ -199,6 +203,8 @@ class AnyI2VPipeline(DiffusionPipeline):
         window: int = 16,
         overlap: int = 4,
         injection: InjectionOptions | None = None,
+        tracks: list[BoxTrack] | None = None,
+        optimisation: OptimisationOptions | None = None,
         generator: torch.Generator | None = None,
         latents: Tensor | None = None,
         decode_chunk_size: int = 8,
@@ -209,7 +215,9 @@ class AnyI2VPipeline(DiffusionPipeline):
         sets the inversion and first-frame injection (None: `InjectionOptions()`, the
         release's; ``InjectionOptions(enabled=False)`` turns both off); ``latents`` (1, 4, F,
         H/8, W/8) replaces the initial noise; ``window`` / ``overlap``: the sliding windows
-        (``window`` at most the motion modules' positions)."""
+        (``window`` at most the motion modules' positions); ``tracks``: the objects' boxes
+        (image pixels) the latent optimisation aligns to, with ``optimisation``'s settings
+        (None: `OptimisationOptions()`); ``tracks=None``: no optimisation."""
         options = InjectionOptions() if injection is None else injection
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
@@ -234,9 +242,25 @@ class AnyI2VPipeline(DiffusionPipeline):
         if options.enabled:
             condition = self.encode_condition(image, generator)
             features = self.invert(condition, cond, options)
+        optimiser = None
+        if tracks:
+            optimiser = LatentOptimisation(
+                self.unet,
+                tracks,
+                (height, width),
+                cond,
+                windows,
+                optimisation,
+                features,
+                options.steps,
+                options.adain_patch,
+            )
+        self.optimiser = optimiser  # its per-step losses, for inspection
 
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
+                if optimiser is not None:
+                    latents = optimiser.optimise(latents, t, i)
                 injection_now = None
                 if features is not None and i in options.steps:
                     injection_now = FirstFrameInjection(
