@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_scene
 
-from anima.perception.condition_maps import CONDITION_MAPS, PALETTE, condition_map
+from anima.palette import colour
+from anima.perception.condition_maps import CONDITION_MAPS, condition_map
 from anima.scene import Scene
 
 
@@ -61,6 +62,6 @@ def test_sketch_draws_a_dark_stroke_and_leaves_flat_paper_blank() -> None:
 def test_segmentation_colours_each_object() -> None:
     scene = make_scene((40, 60), objects={3: ((0, 0, 10, 10), 2.0), 7: ((30, 20, 40, 30), 3.0)})
     out = condition_map("segmentation", scene)
-    torch.testing.assert_close(out[:, 5, 5], torch.tensor(PALETTE[0]) / 255)
-    torch.testing.assert_close(out[:, 25, 35], torch.tensor(PALETTE[1]) / 255)
+    torch.testing.assert_close(out[:, 5, 5], torch.tensor(colour(3), dtype=torch.float32) / 255)
+    torch.testing.assert_close(out[:, 25, 35], torch.tensor(colour(7), dtype=torch.float32) / 255)
     assert float(out[:, 15, 20].sum()) == 0

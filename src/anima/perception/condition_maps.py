@@ -13,7 +13,8 @@ the spec's depth file):
   (R = x to the right, G = y up, B = towards the camera, each mapped from [-1, 1] to [0, 1]);
 - ``sketch``: weight-free line art, an extended difference of Gaussians (Winnemoeller et al.,
   "XDoG", Computers & Graphics 2012, Eq. 2-3) thresholded to white lines on black;
-- ``segmentation``: the scene's objects, each a flat colour of a fixed palette, on black.
+- ``segmentation``: the scene's objects, each in its colour (`anima.palette`, as the studio
+  shows it), on black.
 
 Every map is (3, H, W) float32 in [0, 1] at the scene's size.
 """
@@ -26,22 +27,12 @@ import cv2
 import numpy as np
 import torch
 
+from anima.palette import colour
 from anima.scene import Scene
 
 CANNY_THRESHOLDS = (100, 200)
 #: XDoG: the two Gaussians' sigma and ratio, the sharpening p and the threshold (on [0, 1]).
 XDOG_SIGMA, XDOG_RATIO, XDOG_SHARPEN, XDOG_THRESHOLD = 1.0, 1.6, 20.0, 0.2
-#: Flat colours of object ids 1, 2, ... (cycled), distinct in hue and brightness.
-PALETTE = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-)
 
 
 def _grey_uint8(image: torch.Tensor) -> np.ndarray:
@@ -90,9 +81,9 @@ def sketch_map(scene: Scene) -> torch.Tensor:
 
 def segmentation_map(scene: Scene) -> torch.Tensor:
     out = torch.zeros(3, *scene.size)
-    for index, object_id in enumerate(scene.object_ids):
-        colour = torch.tensor(PALETTE[index % len(PALETTE)], dtype=torch.float32) / 255
-        out[:, scene.instance == object_id] = colour[:, None]
+    for object_id in scene.object_ids:
+        rgb = torch.tensor(colour(object_id), dtype=torch.float32) / 255
+        out[:, scene.instance == object_id] = rgb[:, None]
     return out
 
 

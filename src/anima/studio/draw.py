@@ -16,28 +16,9 @@ import torch
 
 from anima.control_points import ControlPoints
 from anima.io import to_uint8
-
-PALETTE = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-)
-"""Object colours (RGB), by id: object n gets ``PALETTE[(n - 1) % len(PALETTE)]``."""
+from anima.palette import colour
 
 MASK_ALPHA = 0.45
-
-
-def colour(object_id: int) -> tuple[int, int, int]:
-    return PALETTE[(int(object_id) - 1) % len(PALETTE)]
 
 
 def _scale(size: tuple[int, int]) -> float:
