@@ -293,6 +293,7 @@ def test_components_tiny_and_from_a_weights_directory(tmp_path) -> None:
     assert (config.steps_offset, config.clip_sample, config.set_alpha_to_one) == (1, False, True)
     layers = set(dict(components["unet"].named_modules()))
     assert set(QUERY_LAYERS) | set(RESIDUAL_LAYERS) <= layers  # SD1.5's levels, tiny
-    assert [c.subdir for c in COMPONENTS] == ["sd15", "motion-adapter"]
+    assert [c.subdir for c in COMPONENTS] == ["sd15", "motion-adapter", "anyi2v", "modelscope-t2v"]
+    assert COMPONENTS[2].optional and COMPONENTS[3].optional  # personalised; modelscope only
     with pytest.raises(InputError, match="model_index.json"):
         load_components(Weights(root=tmp_path), torch.float32)

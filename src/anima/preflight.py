@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from anima.errors import InputError
 from anima.io import read_depth, read_image, read_mask
 from anima.memory import check_memory
@@ -24,14 +26,14 @@ from anima.spec import MotionSpec, load_spec
 from anima.weights import Weights
 
 
-def check_weights(method: type[Method], weights: Weights) -> None:
-    """The method's required weights are present (or built in); else the error its loading
-    would give, naming the first missing file and where it was looked for."""
+def check_weights(method: type[Method], weights: Weights, options: BaseModel | None = None) -> None:
+    """The method's required weights (for ``options``, `Method.required_components`) are
+    present (or built in); else the error its loading would give, naming the first missing
+    file and where it was looked for."""
     if weights.builtin in method.builtin_weights:
         return
-    for component in method.components:
-        if not component.optional:
-            weights.require(component, method.name)
+    for component in method.required_components(options):
+        weights.require(component, method.name)
 
 
 def _check_files(spec: MotionSpec) -> None:
@@ -69,7 +71,7 @@ def check_spec(
     )
     method_cls = get_method(spec.method or "", f"method {spec.where}")
     options = method_cls.parse_options(spec.options, spec.where)
-    check_weights(method_cls, weights)
+    check_weights(method_cls, weights, options)
     if not files:
         return spec
     try:

@@ -58,7 +58,12 @@ from anima.attention.layers import (
     resnet_layers,
     select,
 )
-from anima.attention.motion import MOTION_MODULES, SkipMotionModules, skip_motion_modules
+from anima.attention.motion import (
+    MOTION_MODULES,
+    SkipMotionModules,
+    skip_motion_modules,
+    skip_temporal_layers,
+)
 from anima.attention.processor import AttentionCall, AttentionHook, HookedAttnProcessor, Hooks
 from anima.attention.reference import (
     RecordedKV,
@@ -112,5 +117,6 @@ __all__ = [
     "run_until",
     "select",
     "skip_motion_modules",
+    "skip_temporal_layers",
     "stop_after",
 ]

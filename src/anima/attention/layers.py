@@ -20,7 +20,8 @@ Selections are patterns over those names:
 `UNetSpatioTemporalConditionModel`): ``attn1`` of a spatial transformer block is self-attention
 over the tokens of one frame, its ``attn2`` is cross-attention to the text/image embedding, and
 every attention inside a motion module (``motion_modules``) or a temporal transformer block
-(``temporal_transformer_blocks``, ``temp_attentions``) attends over frames at one pixel.
+(``temporal_transformer_blocks``, ``temp_attentions``, ``transformer_in``) attends over frames
+at one pixel.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ SPATIAL_SELF = re.compile(r"(.+\.)?attentions\.\d+\.transformer_blocks\.\d+\.att
 #: Cross-attention of a spatial transformer block (``attn2``).
 CROSS = re.compile(r"(.+\.)?attentions\.\d+\.transformer_blocks\.\d+\.attn2")
 #: Everything that attends over frames: AnimateDiff motion modules, SVD temporal blocks,
-#: `UNet3DConditionModel` temporal attentions.
-TEMPORAL = re.compile(r"(.+\.)?(motion_modules|temporal_transformer_blocks|temp_attentions)\..+")
+#: `UNet3DConditionModel` temporal attentions (``temp_attentions``, and ``transformer_in`` after
+#: its ``conv_in``).
+TEMPORAL = re.compile(
+    r"(.+\.)?(motion_modules|temporal_transformer_blocks|temp_attentions|transformer_in)\..+"
+)
 #: A resnet block of a UNet level (``ResnetBlock2D``, SVD's ``SpatioTemporalResBlock``).
 RESNETS = re.compile(r"(.+\.)?resnets\.\d+")
 #: The temporal res blocks of SVD's ``SpatioTemporalResBlock``s (their residual branch mixes

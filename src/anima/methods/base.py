@@ -108,6 +108,13 @@ class Method(ABC):
         a batch. Nothing by default."""
 
     @classmethod
+    def required_components(cls, options: BaseModel | None = None) -> tuple[Component, ...]:
+        """The components a run with ``options`` cannot do without (``options`` None: the
+        defaults'): the non-optional `components` by default; a method whose options choose
+        its models (AnyI2V's ``backbone``) overrides this."""
+        return tuple(c for c in cls.components if not c.optional)
+
+    @classmethod
     def describe_weights(cls, weights: Weights) -> str | None:
         """A note ``anima weights check`` adds on the weights (e.g. a convention their config
         records); None by default."""

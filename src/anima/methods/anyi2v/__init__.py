@@ -8,7 +8,8 @@ keeps the decoder features at t = 201; `injection` puts them into frame 0 of the
 half on the first steps, frames 1.. attending to frame 0's keys and values; `optimisation`
 aligns each object's features along its boxes by optimising the latent on the first steps;
 `pipeline` is `AnyI2VPipeline`, AnimateDiff sampling at any size and length (sliding windows)
-with both.
+with both. ``options.backbone = "modelscope"`` runs all of it on ModelScope / Zeroscope
+text-to-video instead (`backbone`, `anima.models.modelscope`; AnyI2V, appendix).
 
 The registered method ``anyi2v`` (`AnyI2VMethod`): ``prepare`` draws the condition map from the
 scene (`anima.perception.condition_maps`, or the photo as it is), builds the motion
@@ -30,10 +31,17 @@ from torch.nn import functional as F
 
 from anima.animation import build_animation
 from anima.errors import InputError
+from anima.methods.anyi2v.backbone import Backbone
 from anima.methods.anyi2v.boxes import BoxTrack, box_tracks
 from anima.methods.anyi2v.injection import INJECTION_STEPS, InjectionOptions
 from anima.methods.anyi2v.inversion import INVERSION_TIMESTEP
-from anima.methods.anyi2v.loading import MOTION_ADAPTER, SD15, load_components
+from anima.methods.anyi2v.loading import (
+    BACKBONE_COMPONENTS,
+    COMPONENTS,
+    MODELSCOPE,
+    PERSONALIZED,
+    load_components,
+)
 from anima.methods.anyi2v.optimisation import (
     ITERATIONS,
     LEARNING_RATE,
@@ -46,7 +54,7 @@ from anima.perception.condition_maps import condition_map
 from anima.sampling.steps import step_reporter
 from anima.scene import Scene, pixel_mapping
 from anima.spec import MotionSpec
-from anima.weights import Weights
+from anima.weights import Component, Weights
 
 ConditionKind = Literal["as_is", "canny", "depth", "normal", "sketch", "segmentation"]
 Box = tuple[float, float, float, float]
@@ -62,6 +70,11 @@ class AnyI2VOptions(BaseModel):
     points are in the spec's pixels (the scene size)."""
 
     model_config = ConfigDict(extra="forbid")
+    backbone: Backbone = Field(
+        "animatediff",
+        description="The video model: 'animatediff' (SD1.5 + AnimateDiff motion modules, the "
+        "release's) or 'modelscope' (ModelScope / Zeroscope text-to-video, DIR/modelscope-t2v).",
+    )
     condition: ConditionKind = Field(
         "as_is",
         description="The conditional image: the photo as it is ('as_is', e.g. already a map), "
@@ -180,21 +193,48 @@ class AnyI2VControls(Controls):
 
 
 @functools.lru_cache(maxsize=1)
-def load_pipeline(weights: Weights, device: torch.device, dtype: torch.dtype):
+def load_pipeline(
+    weights: Weights, device: torch.device, dtype: torch.dtype, backbone: Backbone = "animatediff"
+):
     """`AnyI2VPipeline` from `loading.load_components` (``DIR/sd15`` + ``DIR/motion-adapter``,
-    or tiny random models); the last one loaded is kept."""
+    or ``DIR/modelscope-t2v`` with ``backbone="modelscope"``, or tiny random models); the last
+    one loaded is kept."""
     from anima.methods.anyi2v.pipeline import AnyI2VPipeline
 
-    return AnyI2VPipeline(**load_components(weights, dtype))
+    return AnyI2VPipeline(**load_components(weights, dtype, backbone))
 
 
 @register
 class AnyI2VMethod(Method):
     name = "anyi2v"
     summary = "AnyI2V: AnimateDiff from any conditional image, boxes moved by latent optimisation"
-    components = (SD15, MOTION_ADAPTER)
+    components = COMPONENTS
     builtin_weights = ("tiny",)
     options_model = AnyI2VOptions
+
+    @classmethod
+    def required_components(cls, options: BaseModel | None = None) -> tuple[Component, ...]:
+        """``DIR/sd15`` and ``DIR/motion-adapter`` (AnimateDiff, the default backbone), or
+        ``DIR/modelscope-t2v`` with ``options.backbone = "modelscope"``."""
+        backbone = options.backbone if isinstance(options, AnyI2VOptions) else "animatediff"
+        return BACKBONE_COMPONENTS[backbone]
+
+    @classmethod
+    def describe_weights(cls, weights: Weights) -> str | None:
+        """What ``anima weights check anyi2v`` adds: whether the personalised SD1.5
+        checkpoint and the ModelScope backbone (``options.backbone = "modelscope"``) are
+        present."""
+        if weights.root is None:
+            return None
+        states = {
+            part: "present" if part.present(weights.root) else "absent"
+            for part in (PERSONALIZED, MODELSCOPE)
+        }
+        file = f"{PERSONALIZED.subdir}/{PERSONALIZED.required_files[0]}"
+        return (
+            f"personalised checkpoint ({file}): {states[PERSONALIZED]}; "
+            f"backbone modelscope ({MODELSCOPE.subdir}/): {states[MODELSCOPE]}"
+        )
 
     @classmethod
     def check_inputs(cls, spec: MotionSpec, options: BaseModel) -> None:
@@ -224,7 +264,7 @@ class AnyI2VMethod(Method):
 
     def load(self):
         """The pipeline (cached: loading again with the same weights is free)."""
-        return load_pipeline(self.weights, self.device, self.dtype)
+        return load_pipeline(self.weights, self.device, self.dtype, self.options.backbone)
 
     def prepare(self, spec: MotionSpec, scene: Scene) -> AnyI2VControls:
         options = self.options

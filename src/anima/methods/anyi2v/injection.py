@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from diffusers import UNetMotionModel
+from diffusers import UNet3DConditionModel, UNetMotionModel
 
 from anima.attention import (
     CFG_BRANCHES,
@@ -83,7 +83,7 @@ class FirstFrameInjection:
 
     def __init__(
         self,
-        unet: UNetMotionModel,
+        unet: UNetMotionModel | UNet3DConditionModel,
         features: InvertedFeatures,
         cfg: bool,
         patch: int = ADAIN_PATCH,

@@ -18,6 +18,13 @@ keyed by that timestep), and the inverted latent itself is discarded, as the rel
 (generation starts from fresh noise). The layers are the release's ``load_attn_list`` [0, 1, 3,
 4] and ``load_res_list`` [3, 4, 6, 7] (indices over the decoder's self-attentions and res blocks
 in module order) in diffusers' names.
+
+ModelScope / Zeroscope's `UNet3DConditionModel` has the same SD1.5 layout and names (its up
+blocks 1-3 hold three spatial transformers and three res blocks each, as SD1.5's), so the same
+names are the same positions there: the release's AnimateDiff choices carry over unchanged.
+Its temporal layers (``transformer_in``, ``temp_attentions``, ``temp_convs``; where AnimateDiff
+has its motion modules, plus one after every res block) are the ones switched off here (AnyI2V,
+appendix: the temporal modules are off for the one-frame inversion on every backbone).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMInverseScheduler, UNetMotionModel
+from diffusers import DDIMInverseScheduler, UNet3DConditionModel, UNetMotionModel
 from torch import Tensor
 
 from anima.attention import FeatureStore, StepCounter, capture, skip_motion_modules
@@ -73,7 +80,9 @@ class InvertedFeatures:
 
 
 def check_layers(
-    unet: UNetMotionModel, query_layers: Sequence[str], residual_layers: Sequence[str]
+    unet: UNetMotionModel | UNet3DConditionModel,
+    query_layers: Sequence[str],
+    residual_layers: Sequence[str],
 ) -> None:
     """Every named layer must be a self-attention (``attn1``) / a res block of ``unet``."""
     attention, blocks = all_attention_layers(unet), residual_layers_of(unet)
@@ -87,7 +96,7 @@ def check_layers(
 
 @torch.no_grad()
 def invert(
-    unet: UNetMotionModel,
+    unet: UNetMotionModel | UNet3DConditionModel,
     scheduler_config: dict,
     latent: Tensor,
     text: Tensor,

@@ -52,11 +52,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import UNetMotionModel
+from diffusers import UNet3DConditionModel, UNetMotionModel
 from torch import Tensor
 from torch.nn import functional as F
 
 from anima.attention import FeatureStore, capture, run_until
+from anima.methods.anyi2v.backbone import text_for_frames
 from anima.methods.anyi2v.boxes import BoxTrack
 from anima.methods.anyi2v.injection import ADAIN_PATCH, FirstFrameInjection
 from anima.methods.anyi2v.inversion import InvertedFeatures
@@ -294,7 +295,7 @@ class LatentOptimisation:
 
     def __init__(
         self,
-        unet: UNetMotionModel,
+        unet: UNetMotionModel | UNet3DConditionModel,
         tracks: Sequence[BoxTrack],
         image_size: tuple[int, int],
         text: Tensor,
@@ -333,7 +334,7 @@ class LatentOptimisation:
         sample = latents.to(self.unet.dtype)
         for frames in self.windows:
             window = sample[:, :, frames.start : frames.stop]
-            hidden = self.text.to(self.unet.dtype).repeat_interleave(len(frames), dim=0)
+            hidden = text_for_frames(self.unet, self.text.to(self.unet.dtype), len(frames))
             hooks = injection.window(frames, record) if injection is not None else nullcontext()
             recording = capture(self.unet, store, layers=self.options.layers, kinds=("q",))
             with hooks, store.frames(frames), recording, self.autocast(latents.device):

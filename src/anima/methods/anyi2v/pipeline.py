@@ -4,7 +4,10 @@ conditional image (AnyI2V: "Animating Any Conditional Image with Motion Control"
 Components (REFERENCE, "AnyI2V"; `anima.methods.anyi2v.loading`): a `UNetMotionModel` (an SD1.5
 UNet with AnimateDiff's motion modules), SD's `AutoencoderKL`, `CLIPTextModel` and
 `CLIPTokenizer`, and the release's `DDIMScheduler` (linear betas 0.00085-0.012, steps offset 1,
-eta 0). Defaults are the release's: 25 steps, classifier-free guidance 8, 16 frames.
+eta 0). Defaults are the release's: 25 steps, classifier-free guidance 8, 16 frames. The UNet
+may instead be ModelScope / Zeroscope's `UNet3DConditionModel` with its own VAE, text encoder
+and DDIM (AnyI2V, appendix: other text-to-video backbones, temporal modules off for the
+inversion; `anima.methods.anyi2v.backbone`): same latent layout, the same layer names.
 
 A call (docs/architecture.md, "A method folder"):
 
@@ -48,12 +51,19 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNetMotionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    UNet3DConditionModel,
+    UNetMotionModel,
+)
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from anima.methods.anyi2v import inversion
+from anima.methods.anyi2v.backbone import text_for_frames
 from anima.methods.anyi2v.boxes import BoxTrack
 from anima.methods.anyi2v.injection import FirstFrameInjection, InjectionOptions
 from anima.methods.anyi2v.inversion import InvertedFeatures
@@ -72,7 +82,7 @@ class AnyI2VPipeline(DiffusionPipeline):
         vae: AutoencoderKL,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
-        unet: UNetMotionModel,
+        unet: UNetMotionModel | UNet3DConditionModel,
         scheduler: DDIMScheduler,
     ) -> None:
         super().__init__()
@@ -154,7 +164,7 @@ class AnyI2VPipeline(DiffusionPipeline):
         C, F, h, w: the B branches), each branch with its row of ``text`` (B, 77, D), under
         ``injection``'s hooks when given (``record``: later windows follow)."""
         sample = model_input[:, :, frames.start : frames.stop]
-        hidden = text.repeat_interleave(len(frames), dim=0)
+        hidden = text_for_frames(self.unet, text, len(frames))
         hooks = injection.window(frames, record) if injection is not None else nullcontext()
         with hooks:
             return self.unet(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
