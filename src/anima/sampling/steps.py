@@ -24,3 +24,19 @@ def step_reporter(report: Callable[[str], None], method: str, steps: int) -> Ste
         return tensors
 
     return on_step
+
+
+def guided(noise: Tensor, scale: float | Tensor) -> Tensor:
+    """Classifier-free guidance of a batched prediction ``[uncond, cond]``: uncond + scale
+    (cond - uncond) (``scale`` may be a tensor broadcasting over the halves, e.g. per frame)."""
+    uncond, cond = noise.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def after_step(
+    callback: StepCallback | None, pipe: Any, step: int, t: Tensor, latents: Tensor
+) -> Tensor:
+    """The latents to continue with after step ``step``: the callback's, when it returns any."""
+    if callback is None:
+        return latents
+    return callback(pipe, step, t, {"latents": latents}).get("latents", latents)

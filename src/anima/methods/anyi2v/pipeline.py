@@ -68,7 +68,7 @@ from anima.methods.anyi2v.boxes import BoxTrack
 from anima.methods.anyi2v.injection import FirstFrameInjection, InjectionOptions
 from anima.methods.anyi2v.inversion import InvertedFeatures
 from anima.methods.anyi2v.optimisation import LatentOptimisation, OptimisationOptions
-from anima.sampling.steps import StepCallback
+from anima.sampling.steps import StepCallback, after_step, guided
 from anima.sampling.windows import sliding_windows, windowed_prediction
 
 
@@ -278,13 +278,10 @@ class AnyI2VPipeline(DiffusionPipeline):
                     )
                 noise = self.step_noise(windows, latents, t, text, injection_now)
                 if cfg:
-                    uncond, conditional = noise.chunk(2)
-                    noise = uncond + guidance_scale * (conditional - uncond)
+                    noise = guided(noise, guidance_scale)
                 latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
                 progress.update()
-                if callback_on_step_end is not None:
-                    outputs = callback_on_step_end(self, i, t, {"latents": latents})
-                    latents = outputs.get("latents", latents)
+                latents = after_step(callback_on_step_end, self, i, t, latents)
         frames = self.decode(latents, decode_chunk_size)
         self.maybe_free_model_hooks()
         return frames

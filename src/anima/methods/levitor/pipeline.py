@@ -42,7 +42,7 @@ from anima.methods.levitor.release_cfg import release_cfg_order as release_cfg
 from anima.models.svd import CLIPProcessor
 from anima.models.svd_controlnet import SVDControlNetModel
 from anima.models.unet_residuals import unet_residuals
-from anima.sampling.steps import StepCallback
+from anima.sampling.steps import StepCallback, after_step, guided
 
 #: SVD's CLIP image encoder input side.
 CLIP_SIDE = 224
@@ -285,12 +285,9 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
                         sample, t, embedding, time_ids, control, controlnet_conditioning_scale
                     )
                 if cfg:
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + guidance * (cond - uncond)
+                    noise = guided(noise, guidance)
                 latents = self.scheduler.step(noise, t, latents).prev_sample
-                if callback_on_step_end is not None:
-                    outputs = callback_on_step_end(self, step, t, {"latents": latents})
-                    latents = outputs.pop("latents", latents)
+                latents = after_step(callback_on_step_end, self, step, t, latents)
                 progress.update()
 
         if output_type == "latent":

@@ -96,7 +96,7 @@ from anima.methods.xdyna.reference_frame import (
 from anima.models.frame_norms import frame_norms
 from anima.models.ip_adapter import ip_adapter_loaded, ip_processors
 from anima.models.svd import CLIPProcessor
-from anima.sampling.steps import StepCallback
+from anima.sampling.steps import StepCallback, after_step, guided
 from anima.sampling.windows import sliding_windows, windowed_prediction
 
 #: The release's latent blur for the initial latents (torchvision GaussianBlur(9, sigma=18)).
@@ -606,13 +606,10 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
                     windows, latents, reference, t, text, residuals, cache_reference, image_embeds
                 )
                 if cfg:
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + guidance_scale * (cond - uncond)
+                    noise = guided(noise, guidance_scale)
                 latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
                 progress.update()
-                if callback_on_step_end is not None:
-                    outputs = callback_on_step_end(self, i, t, {"latents": latents})
-                    latents = outputs.get("latents", latents)
+                latents = after_step(callback_on_step_end, self, i, t, latents)
         frames = self.decode(latents, decode_chunk_size)
         self.maybe_free_model_hooks()
         return frames
