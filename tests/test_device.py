@@ -43,6 +43,21 @@ def _spec(tmp_path: Path, example: str, **changes) -> Path:
 
 
 CASES = {
+    "anyi2v": (
+        "astronaut_behind.json",
+        {
+            "num_frames": 4,
+            "method": "anyi2v",
+            "options": {
+                "num_inference_steps": 2,
+                "inversion_timestep": 3,
+                "injection_steps": [0],
+                "optimisation_steps": [0, 1],
+                "optimisation_iterations": 2,
+                "size": [32, 48],
+            },
+        },
+    ),
     "coarse": ("astronaut_behind.json", {"num_frames": 4, "method": "coarse"}),
     "levitor": (
         "astronaut_behind.json",
