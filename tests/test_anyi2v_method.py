@@ -12,9 +12,10 @@ from conftest import EXAMPLES
 
 from anima.cli import main
 from anima.io import read_image, read_video
-from anima.methods.anyi2v import AnyI2VControls, generation_size, load_pipeline, map_tracks
+from anima.methods.anyi2v import AnyI2VControls, load_pipeline, map_tracks
 from anima.methods.anyi2v.boxes import BoxTrack
 from anima.methods.registry import default_method, get_method
+from anima.scene import generation_size
 from anima.weights import Weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,8 +16,9 @@ from diffusers import StableVideoDiffusionPipeline
 
 from anima.cli import main
 from anima.io import read_video
-from anima.methods.levitor import generation_size, load_pipeline
+from anima.methods.levitor import load_pipeline
 from anima.models.tiny import tiny_controlnet, tiny_svd_components
+from anima.scene import generation_size
 
 CONVERT = ["weights", "convert", "levitor"]
 FAST = {"num_inference_steps": 2, "size": [64, 96]}
@@ -44,7 +45,8 @@ def test_generation_size() -> None:
     assert generation_size((512, 512)) == (512, 512)
     assert generation_size((427, 640)) == (424, 640)
     assert generation_size((427, 640), max_side=128) == (80, 128)
-    assert generation_size((30, 500), max_side=128) == (64, 128)
+    assert generation_size((30, 500), max_side=128, min_side=64) == (64, 128)
+    assert generation_size((3024, 4032), max_side=512) == (384, 512)  # a phone photo
 
 
 def test_tiny_weights_write_a_video_with_the_specs_frame_count(tmp_path: Path) -> None:

@@ -187,6 +187,17 @@ def source_size(path: Path, where: str = "image") -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
+def generation_size(
+    size: tuple[int, int], max_side: int | None = None, min_side: int = 8
+) -> tuple[int, int]:
+    """The size (H, W) a generative method makes frames at for a scene of ``size``: scaled down
+    (aspect kept) so that the longest side is at most ``max_side`` (the side the method's
+    checkpoint was trained at; None: no cap), rounded down to multiples of 8, each side at least
+    ``min_side``. The frames are then resized to the scene size (`anima.stream`)."""
+    scale = min(1.0, max_side / max(size)) if max_side else 1.0
+    return tuple(max(min_side, int(side * scale) // 8 * 8) for side in size)  # type: ignore[return-value]
+
+
 def working_size(spec: MotionSpec) -> tuple[int, int]:
     """The working size (H, W) of a spec: its ``size``, else the image's own size (header)."""
     if spec.size is not None:
