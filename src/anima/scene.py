@@ -198,6 +198,14 @@ def generation_size(
     return tuple(max(min_side, int(side * scale) // 8 * 8) for side in size)  # type: ignore[return-value]
 
 
+def check_generation_size(size: tuple[int, int] | None, min_side: int) -> tuple[int, int] | None:
+    """A method's ``size`` option: None, or sides that are multiples of 8 and at least
+    ``min_side`` (else ValueError, for a pydantic validator to report)."""
+    if size is not None and any(side < min_side or side % 8 for side in size):
+        raise ValueError(f"sides must be multiples of 8, at least {min_side}")
+    return size
+
+
 def working_size(spec: MotionSpec) -> tuple[int, int]:
     """The working size (H, W) of a spec: its ``size``, else the image's own size (header)."""
     if spec.size is not None:

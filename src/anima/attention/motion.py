@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import Tensor, nn
 
 from anima.attention.layers import Patterns, select
@@ -56,6 +55,8 @@ class _TuplePassThrough(nn.Module):
 
 def _stand_in(module: nn.Module) -> nn.Module:
     """The pass-through that replaces ``module``, returning what its caller expects."""
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
     return _TuplePassThrough() if isinstance(module, TransformerTemporalModel) else _PassThrough()
 
 

@@ -52,7 +52,7 @@ from anima.methods.base import Controls, Method
 from anima.methods.registry import register
 from anima.perception.condition_maps import condition_map
 from anima.sampling.steps import step_reporter
-from anima.scene import Scene, generation_size, pixel_mapping
+from anima.scene import Scene, check_generation_size, generation_size, pixel_mapping
 from anima.spec import MotionSpec
 from anima.weights import Component, Weights
 
@@ -122,9 +122,7 @@ class AnyI2VOptions(BaseModel):
     @field_validator("size")
     @classmethod
     def _multiple_of_8(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
-        if size is not None and any(side < MIN_SIDE or side % 8 for side in size):
-            raise ValueError(f"sides must be multiples of 8, at least {MIN_SIDE}")
-        return size
+        return check_generation_size(size, MIN_SIDE)
 
     @field_validator("injection_steps", "optimisation_steps")
     @classmethod

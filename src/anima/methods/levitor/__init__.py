@@ -31,9 +31,12 @@ from anima.methods.levitor.loading import (
 from anima.methods.registry import register
 from anima.render import render
 from anima.sampling.steps import step_reporter
-from anima.scene import Scene, generation_size
+from anima.scene import Scene, check_generation_size, generation_size
 from anima.spec import MotionSpec
 from anima.weights import SVD, Weights
+
+#: Shortest generation side the ``size`` option and the default allow.
+MIN_SIDE = 64
 
 
 class LeviTorOptions(BaseModel):
@@ -81,9 +84,7 @@ class LeviTorOptions(BaseModel):
     @field_validator("size")
     @classmethod
     def _multiple_of_8(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
-        if size is not None and any(side < 64 or side % 8 for side in size):
-            raise ValueError("sides must be multiples of 8, at least 64")
-        return size
+        return check_generation_size(size, MIN_SIDE)
 
 
 @dataclass
@@ -148,7 +149,7 @@ class LeviTorMethod(Method):
     def prepare(self, spec: MotionSpec, scene: Scene) -> LeviTorControls:
         builtin = {"tiny": TINY_MAX_SIDE, "toy": TOY_MAX_SIDE}
         max_side = builtin.get(self.weights.builtin or "", TRAINED_MAX_SIDE)
-        size = self.options.size or generation_size(scene.size, max_side, min_side=64)
+        size = self.options.size or generation_size(scene.size, max_side, MIN_SIDE)
         # The motion is built where the spec's pixels live (the scene size), then the scene and
         # the motion are seen at the generation size and rendered there (issue "Photos as people
         # take them", part 2): a 12-megapixel photo is never rendered at its own size.

@@ -67,7 +67,7 @@ from anima.methods.xdyna.face import face_condition_from_keypoints
 from anima.methods.xdyna.keypoints import DrivingKeypoints, load_openpose
 from anima.methods.xdyna.pose_map import pose_maps, skeleton_maps, skeleton_video_length
 from anima.sampling.steps import step_reporter
-from anima.scene import Scene, generation_size
+from anima.scene import Scene, check_generation_size, generation_size
 from anima.spec import MotionSpec, PoseDrive
 from anima.weights import Component, Weights
 
@@ -100,6 +100,10 @@ TINY_MAX_SIDE = 64
 TRAINED_MAX_SIDE = 896
 
 
+#: Shortest generation side the ``size`` option and the default allow.
+MIN_SIDE = 16
+
+
 class XDynaOptions(BaseModel):
     """Options of the xdyna method (``spec.options``); defaults are the release's."""
 
@@ -123,9 +127,7 @@ class XDynaOptions(BaseModel):
     @field_validator("size")
     @classmethod
     def _multiple_of_8(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
-        if size is not None and any(side < 16 or side % 8 for side in size):
-            raise ValueError("sides must be multiples of 8, at least 16")
-        return size
+        return check_generation_size(size, MIN_SIDE)
 
 
 @dataclass
@@ -309,7 +311,7 @@ class XDynaMethod(Method):
                 "options.window",
             )
         max_side = TINY_MAX_SIDE if self.weights.builtin == "tiny" else TRAINED_MAX_SIDE
-        size = self.options.size or generation_size(scene.size, max_side, min_side=16)
+        size = self.options.size or generation_size(scene.size, max_side, MIN_SIDE)
         if drive.skeleton_video is not None:
             controls = self._skeleton_controls(spec, scene, size)
         else:

@@ -86,10 +86,9 @@ from torch import Tensor
 from torch.nn import functional as F
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from anima.attention import FeatureStore
+from anima.attention import FeatureStore, skip_motion_modules
 from anima.methods.xdyna.adapter import DynamicsAdapter
 from anima.methods.xdyna.reference_frame import (
-    bypass_motion_modules,
     skip_reference_in_motion_modules,
     with_reference_residuals,
 )
@@ -415,7 +414,7 @@ class XDynaPipeline(DiffusionPipeline, IPAdapterMixin):
         layer still run.)"""
         store = FeatureStore()
         sample = reference[:, :, None].expand(text.shape[0], -1, -1, -1, -1)
-        with self.adapter.record(self.unet, store), bypass_motion_modules(self.unet):
+        with self.adapter.record(self.unet, store), skip_motion_modules(self.unet):
             self.unet(
                 sample,
                 t,

@@ -12,8 +12,8 @@ the generated frames only.
 
 Since the reference's path through the UNet depends on nothing else in the pass, the sampler
 can also run it alone, once per denoising step (`XDynaPipeline.reference_features`): there
-`bypass_motion_modules` leaves it unchanged by every motion module, as the skip does in the
-in-pass layout.
+the motion modules are switched off (`anima.attention.skip_motion_modules`), which leaves it
+unchanged by every motion module, as the skip does in the in-pass layout.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 
 def motion_modules(unet: nn.Module) -> list[nn.Module]:
-    """The temporal transformers of a `UNetMotionModel`, in module order."""
+    """The temporal transformers of a `UNetMotionModel`, in module order (as
+    `anima.attention.motion.motion_modules` finds them; here without importing the hook layer,
+    which the CLI must not load at start-up)."""
     found = []
     for name, module in unet.named_modules():
         parent = name.rsplit(".", 2)
@@ -83,27 +85,6 @@ def skip_reference_in_motion_modules(unet: nn.Module) -> Iterator[None]:
     finally:
         for hook in hooks:
             hook.remove()
-
-
-@contextmanager
-def bypass_motion_modules(unet: nn.Module) -> Iterator[None]:
-    """Inside the block, every motion module of ``unet`` returns its input unchanged (a forward
-    hook; the module still runs, on whatever frames the pass holds, and its output is
-    dropped): a pass of reference frames alone then sees them as the in-pass layout does."""
-    modules = motion_modules(unet)
-    if not modules:
-        raise ValueError("the UNet has no motion modules (expected a UNetMotionModel)")
-
-    def unchanged(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Tensor) -> Tensor:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return hidden.to(output.dtype)
-
-    handles = [m.register_forward_hook(unchanged, with_kwargs=True) for m in modules]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def with_reference_residuals(residuals: Sequence[Tensor], videos: int, frames: int) -> list[Tensor]:
