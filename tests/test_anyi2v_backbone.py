@@ -171,3 +171,38 @@ def test_weights_check_reports_the_modelscope_backbone(tmp_path, capsys) -> None
     (tmp_path / "modelscope-t2v" / "model_index.json").write_text("{}")
     assert main(["weights", "check", "anyi2v", "--weights", str(tmp_path)]) == 0
     assert "backbone modelscope (modelscope-t2v/): present" in capsys.readouterr().out
+
+
+def only_modelscope(root: Path) -> Path:
+    """A weights directory holding only the ModelScope backbone (a large stand-in file)."""
+    (root / "modelscope-t2v").mkdir(parents=True)
+    (root / "modelscope-t2v" / "model_index.json").write_text("{}")
+    (root / "modelscope-t2v" / "unet.bin").write_bytes(b"\0" * 4096)
+    return root
+
+
+def test_anima_weights_lists_each_backbone(tmp_path: Path, capsys) -> None:
+    assert main(["weights", "--weights", str(only_modelscope(tmp_path))]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "missing sd15, motion-adapter" in lines["(animatediff)"]
+    assert "ready" in lines["(modelscope)"]
+
+
+def test_the_studio_offers_anyi2v_when_one_backbone_is_there(tmp_path: Path) -> None:
+    from anima.studio.methods import method_status
+
+    assert not method_status("anyi2v", Weights(root=tmp_path)).ready
+    assert method_status("anyi2v", Weights(root=only_modelscope(tmp_path))).ready
+
+
+def test_the_memory_guard_counts_only_the_backbone_a_run_reads(tmp_path: Path) -> None:
+    from anima.memory import model_bytes
+    from anima.methods.anyi2v import AnyI2VMethod, AnyI2VOptions
+
+    weights = Weights(root=only_modelscope(tmp_path))
+    (tmp_path / "sd15").mkdir()
+    (tmp_path / "sd15" / "model_index.json").write_text("{}")
+    (tmp_path / "sd15" / "unet.bin").write_bytes(b"\0" * 1000)
+    modelscope = model_bytes(AnyI2VMethod, weights, AnyI2VOptions(backbone="modelscope"))
+    animatediff = model_bytes(AnyI2VMethod, weights, AnyI2VOptions())
+    assert (modelscope, animatediff) == (4096 + 2, 1000 + 2)

@@ -363,12 +363,12 @@ def weights_list(ctx: typer.Context, weights: WeightsOption = None) -> None:
         if not cls.components:
             print(f"  {name:<27} {'ready (no weights)':<24} {cls.summary}")
             continue
-        missing = [
-            c.subdir for c in cls.components if not c.optional and not c.present(source.root)
-        ]
-        ready = source.builtin in cls.builtin_weights or not missing
-        state = "ready" if ready else "missing " + ", ".join(missing)
-        print(f"  {name:<27} {state:<24} {cls.summary}")
+        variants = cls.weight_variants() or {"": None}
+        for variant, options in variants.items():
+            missing = [c.subdir for c in cls.missing_components(source, options)]
+            state = "missing " + ", ".join(missing) if missing else "ready"
+            label = f"{name} ({variant})" if variant else name
+            print(f"  {label:<27} {state:<24} {cls.summary}")
 
 
 @convert_app.command("levitor")

@@ -51,6 +51,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from anima.control_points import POINTS_RENDER_MAX_SIDE
 from anima.errors import InputError
 from anima.methods.base import Method
@@ -135,10 +137,11 @@ def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def model_bytes(method: type[Method], weights: Weights) -> int:
-    """The size on disk of the weight files the method loads (0 for weight-free methods)."""
+def model_bytes(method: type[Method], weights: Weights, options: BaseModel | None = None) -> int:
+    """The size on disk of the weight files the method loads with ``options`` (0 for
+    weight-free methods): only the backbone a run reads, where options choose one."""
     total = 0
-    for component in method.components:
+    for component in method.used_components(options):
         folder = weights.component_dir(component)
         if folder is not None:
             total += _folder_bytes(folder)
@@ -175,11 +178,14 @@ def _gib(count: int) -> str:
     return f"{count / 2**30:.1f} GiB"
 
 
-def check_memory(spec: MotionSpec, method: type[Method], weights: Weights) -> MemoryEstimate:
+def check_memory(
+    spec: MotionSpec, method: type[Method], weights: Weights, options: BaseModel | None = None
+) -> MemoryEstimate:
     """Refuse, with one `InputError` line, a run whose estimated peak memory exceeds the limit
     (`memory_limit`); returns the estimate otherwise. Reads the image's header only."""
     size = working_size(spec)
-    estimate = estimate_spec_peak(spec, size, model_bytes(method, weights), method.streams)
+    models = model_bytes(method, weights, options)
+    estimate = estimate_spec_peak(spec, size, models, method.streams)
     limit, source = memory_limit()
     if limit is None or estimate.total <= limit:
         return estimate

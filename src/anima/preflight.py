@@ -30,9 +30,7 @@ def check_weights(method: type[Method], weights: Weights, options: BaseModel | N
     """The method's required weights (for ``options``, `Method.required_components`) are
     present (or built in); else the error its loading would give, naming the first missing
     file and where it was looked for."""
-    if weights.builtin in method.builtin_weights:
-        return
-    for component in method.required_components(options):
+    for component in method.missing_components(weights, options):
         weights.require(component, method.name)
 
 
@@ -75,7 +73,7 @@ def check_spec(
     if not files:
         return spec
     try:
-        check_memory(spec, method_cls, weights)  # before reading the image in full
+        check_memory(spec, method_cls, weights, options)  # before reading the image in full
         _check_files(spec)
         method_cls.check_inputs(spec, options)
     except InputError as exc:

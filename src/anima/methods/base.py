@@ -108,11 +108,34 @@ class Method(ABC):
         a batch. Nothing by default."""
 
     @classmethod
+    def used_components(cls, options: BaseModel | None = None) -> tuple[Component, ...]:
+        """The components a run with ``options`` reads (``options`` None: the defaults'),
+        the optional ones where present: all `components` by default; a method whose options
+        choose its models (AnyI2V's ``backbone``) overrides this."""
+        return cls.components
+
+    @classmethod
     def required_components(cls, options: BaseModel | None = None) -> tuple[Component, ...]:
-        """The components a run with ``options`` cannot do without (``options`` None: the
-        defaults'): the non-optional `components` by default; a method whose options choose
-        its models (AnyI2V's ``backbone``) overrides this."""
-        return tuple(c for c in cls.components if not c.optional)
+        """The components a run with ``options`` cannot do without: the non-optional ones of
+        `used_components`."""
+        return tuple(c for c in cls.used_components(options) if not c.optional)
+
+    @classmethod
+    def missing_components(
+        cls, weights: Weights, options: BaseModel | None = None
+    ) -> list[Component]:
+        """The required components (for ``options``) that ``weights`` lacks; none when the
+        weights are a built-in set the method supports. The one readiness rule of
+        ``anima weights``, the preflight, the default method and the studio."""
+        if weights.builtin in cls.builtin_weights:
+            return []
+        return [c for c in cls.required_components(options) if not c.present(weights.root)]
+
+    @classmethod
+    def weight_variants(cls) -> dict[str, BaseModel]:
+        """Option sets that read different models, by name, as ``anima weights`` lists them
+        (AnyI2V: one per backbone); empty when the options do not choose models."""
+        return {}
 
     @classmethod
     def describe_weights(cls, weights: Weights) -> str | None:

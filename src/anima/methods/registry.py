@@ -47,13 +47,6 @@ def default_method(weights: Weights) -> str:
     others = sorted(set(_REGISTRY) - set(_BUILTIN))
     for name in [*_BUILTIN, *others]:
         cls = get_method(name)
-        if (
-            cls.components
-            and weights.configured
-            and (
-                weights.builtin in cls.builtin_weights
-                or all(c.optional or c.present(weights.root) for c in cls.components)
-            )
-        ):
+        if cls.components and weights.configured and not cls.missing_components(weights):
             return name
     return DEFAULT_METHOD

@@ -24,15 +24,15 @@ class MethodStatus:
 
 
 def method_status(name: str, weights: Weights) -> MethodStatus:
-    """Whether ``name`` can run with ``weights``, and if not, why."""
+    """Whether ``name`` can run with ``weights`` (with its default options or, for a method
+    whose options choose its models, any of its `Method.weight_variants`), and if not, why."""
     cls = get_method(name)
-    if not cls.components or weights.builtin in cls.builtin_weights:
-        return MethodStatus(name, cls.summary, True, "")
-    missing = [c.subdir for c in cls.components if not c.optional and not c.present(weights.root)]
-    if not missing:
+    variants = [None, *cls.weight_variants().values()]
+    missing = [cls.missing_components(weights, options) for options in variants]
+    if not all(missing):
         return MethodStatus(name, cls.summary, True, "")
     where = f"in {weights.root}" if weights.root else "(start the studio with --weights DIR)"
-    folders = ", ".join(f"{m}/" for m in missing)
+    folders = ", ".join(f"{c.subdir}/" for c in missing[0])
     return MethodStatus(name, cls.summary, False, f"needs weights: {folders} {where}")
 
 

@@ -207,11 +207,17 @@ class AnyI2VMethod(Method):
     options_model = AnyI2VOptions
 
     @classmethod
-    def required_components(cls, options: BaseModel | None = None) -> tuple[Component, ...]:
-        """``DIR/sd15`` and ``DIR/motion-adapter`` (AnimateDiff, the default backbone), or
-        ``DIR/modelscope-t2v`` with ``options.backbone = "modelscope"``."""
+    def used_components(cls, options: BaseModel | None = None) -> tuple[Component, ...]:
+        """``DIR/sd15`` and ``DIR/motion-adapter`` with the personalised checkpoint where
+        present (AnimateDiff, the default backbone), or ``DIR/modelscope-t2v`` with
+        ``options.backbone = "modelscope"``."""
         backbone = options.backbone if isinstance(options, AnyI2VOptions) else "animatediff"
         return BACKBONE_COMPONENTS[backbone]
+
+    @classmethod
+    def weight_variants(cls) -> dict[str, BaseModel]:
+        """One option set a backbone (``anima weights`` lists whether each can run)."""
+        return {name: AnyI2VOptions(backbone=name) for name in BACKBONE_COMPONENTS}
 
     @classmethod
     def describe_weights(cls, weights: Weights) -> str | None:

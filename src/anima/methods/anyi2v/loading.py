@@ -35,7 +35,6 @@ resnets 0 and 1) exists.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +85,14 @@ PERSONALIZED_PREFIXES = {
     "text_encoder": "cond_stage_model.transformer.",
 }
 #: ModelScope / Zeroscope text-to-video, read only with ``backbone = "modelscope"``.
-MODELSCOPE = dataclasses.replace(MODELSCOPE_T2V, optional=True)
-#: What the AnyI2V pipeline reads from a weights directory (`anima.weights.Component`s).
-COMPONENTS = (SD15, MOTION_ADAPTER, PERSONALIZED, MODELSCOPE)
-#: The components each backbone needs.
+MODELSCOPE = MODELSCOPE_T2V
+#: The components each backbone reads (the optional ones where present).
 BACKBONE_COMPONENTS: dict[str, tuple[Component, ...]] = {
-    "animatediff": (SD15, MOTION_ADAPTER),
+    "animatediff": (SD15, MOTION_ADAPTER, PERSONALIZED),
     "modelscope": (MODELSCOPE,),
 }
+#: What the AnyI2V pipeline reads from a weights directory (`anima.weights.Component`s).
+COMPONENTS = (SD15, MOTION_ADAPTER, PERSONALIZED, MODELSCOPE)
 
 #: The release's sampler: DDIM with the AnimateDiff inference config it loads (linear betas
 #: 0.00085-0.012, steps offset 1, no clipping). The config leaves ``set_alpha_to_one`` at
