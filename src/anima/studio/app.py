@@ -29,7 +29,7 @@ import gradio as gr
 from anima.errors import InputError
 from anima.scene import Scene
 from anima.studio import draw, runs, state
-from anima.studio.methods import method_status, method_statuses
+from anima.studio.methods import method_status, method_statuses, ready_variant
 from anima.studio.perception import Perception, distance_range
 from anima.studio.state import Draft
 from anima.studio.workspace import Workspace
@@ -38,17 +38,20 @@ from anima.weights import Weights
 logger = logging.getLogger(__name__)
 
 SELECT, REFINE, POLYGON, PATH = "Select object", "Add to selection", "Polygon corner", "Path point"
-MODES = (SELECT, REFINE, POLYGON, PATH)
+BOX, QUERY = "Box corners", "Query point (AnyI2V)"
+MODES = (SELECT, REFINE, POLYGON, BOX, PATH, QUERY)
 DEPTH_MIN = 0.05
 EDIT_QUEUE = "edit"  # edits run one at a time, in the order they were made
 
 HELP = """\
 **1.** Upload a photo. **2.** With *Select object*, click an object (its mask appears; *Add to
 selection* grows it), or outline it exactly: click its corners with *Polygon corner*, then *Close
-polygon*. **3.** With *Path point*, click where it goes: the first point on the
-object, then along its path. Each point starts at the depth already under it; move the
-*Depth* slider to bring it nearer or send it farther. **4.** *Preview*, then *Generate* and
-download the video and the spec (`anima animate SPEC.json` renders it again).
+polygon*, or box it: two opposite corners with *Box corners*. **3.** With *Path point*, click
+where it goes: the first point on the object, then along its path. Each point starts at the
+depth already under it; move the *Depth* slider to bring it nearer or send it farther. For
+AnyI2V, *Query point* clicks say which pixels of the box are the object.
+**4.** *Preview*, then *Generate* and download the video and the spec (`anima animate SPEC.json`
+renders it again).
 """
 
 
@@ -92,7 +95,14 @@ class StudioApp:
         scene = self._scene(draft)
         near, far = distance_range(scene)
         canvas = draw.canvas(
-            scene.image, scene.instance, draft.objects, draft.active, draft.keyframe, draft.polygon
+            scene.image,
+            scene.instance,
+            draft.objects,
+            draft.active,
+            draft.keyframe,
+            draft.polygon,
+            state.query_points(draft),
+            draft.box_corner,
         )
         spec = state.to_spec(draft).model_dump(mode="json")
         preset, strength = state.camera_preset(draft)
@@ -229,6 +239,20 @@ class StudioApp:
                 else "click more corners, or 'Close polygon' to select what it encloses"
             )
             return new, f"polygon corner {count} at ({x:g}, {y:g}): {more}"
+        if mode == BOX:
+            first = draft.box_corner is None
+            new = state.add_box_corner(draft, x, y)
+            if first:
+                return new, f"box corner at ({x:g}, {y:g}): click the opposite corner"
+            self._scene(new)  # its mask now: a box selecting nothing changes nothing
+            return new, (
+                f"object {new.active} selected by a box; 'Path point' draws its path (the "
+                "first point on the object)"
+            )
+        if mode == QUERY:
+            new = state.add_query_point(draft, x, y)
+            count = len(state.query_points(new)[str(new.active)])
+            return new, f"object {new.active}: {count} query point(s)"
         if mode == PATH:
             depth = self.perception.depth_at(scene, x, y)
             first = not draft.path
@@ -253,6 +277,10 @@ class StudioApp:
             f"object {new.active} selected by a polygon of {len(old.polygon)} corners; "
             "'Path point' draws its path (the first point on the object)"
         )
+
+    def on_clear_query(self, draft: Draft | None) -> tuple[Draft, str]:
+        new = state.clear_query_points(self.workspace.draft(draft))
+        return new, f"object {new.active}: query points cleared (its selection is used)"
 
     def on_cancel_polygon(self, draft: Draft | None) -> tuple[Draft, str]:
         new = state.cancel_polygon(self.workspace.draft(draft))
@@ -324,14 +352,15 @@ class StudioApp:
         ]
 
     def on_method(self, draft: Draft | None, name: str) -> tuple[Draft, str]:
-        new = state.set_method(self.workspace.draft(draft), name)
+        options, variant = ready_variant(name, self.weights)
+        new = state.set_method(self.workspace.draft(draft), name, options)
         status = method_status(name, self.weights)
         if not status.ready:
             return new, (
                 f"!{name} cannot run here: {status.reason}. The downloaded spec names it, to "
                 "run where its weights are"
             )
-        return new, f"method {name}: ready"
+        return new, f"method {name}: ready" + (f" ({variant})" if variant else "")
 
     def _run(self, job: Callable[..., runs.Video], draft: Draft | None, progress: gr.Progress):
         stages: list[str] = []
@@ -439,6 +468,9 @@ class StudioApp:
                         )
                         c["cancel_polygon"] = gr.Button(
                             "Cancel polygon", size="sm", elem_id="cancel-polygon"
+                        )
+                        c["clear_query"] = gr.Button(
+                            "Clear query points", size="sm", elem_id="clear-query"
                         )
                     c["objects"] = gr.Dropdown(
                         choices=[], label="Object", elem_id="objects", interactive=True
@@ -565,6 +597,7 @@ class StudioApp:
         edit(c["undo"].click, self.on_undo, [])
         edit(c["close_polygon"].click, self.on_close_polygon, [])
         edit(c["cancel_polygon"].click, self.on_cancel_polygon, [])
+        edit(c["clear_query"].click, self.on_clear_query, [])
         edit(c["clear_path"].click, self.on_clear_path, [])
         edit(c["remove_point"].click, self.on_remove_point, [])
         edit(c["remove_object"].click, self.on_remove_object, [])

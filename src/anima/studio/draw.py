@@ -59,11 +59,15 @@ def canvas(
     active: int | None,
     keyframe: int | None,
     polygon: Sequence[Sequence[float]] = (),
+    query_points: dict[str, list[list[float]]] | None = None,
+    box_corner: Sequence[float] | None = None,
 ) -> np.ndarray:
     """The photo with each object's mask tinted in its colour (the active one outlined
-    thickly), its selection clicks as crosses, and its path: numbered points joined by arrows,
-    labelled with their depth; the point the depth slider edits is ringed. ``polygon`` is the
-    outline being drawn: its corners as dots joined by a white line, the last one ringed."""
+    thickly), its selection clicks as crosses, its box, its query points (AnyI2V) as diamonds
+    and its path: numbered points joined by arrows, labelled with their depth; the point the
+    depth slider edits is ringed. ``polygon`` is the outline being drawn: its corners as dots
+    joined by a white line, the last one ringed; ``box_corner`` the first corner of a box being
+    drawn, ringed."""
     out = image_rgb(image).astype(np.float32)
     size = out.shape[:2]
     unit = _scale(size)
@@ -89,6 +93,10 @@ def canvas(
         box = obj.get("box")
         if box is not None:
             cv2.rectangle(out, _point(box[:2]), _point(box[2:]), rgb, max(1, round(unit)))
+        for x, y in (query_points or {}).get(str(obj["id"]), []):
+            arm = max(3, round(5 * unit))
+            cv2.drawMarker(out, _point((x, y)), (0, 0, 0), cv2.MARKER_DIAMOND, arm * 2 + 2, 3)
+            cv2.drawMarker(out, _point((x, y)), rgb, cv2.MARKER_DIAMOND, arm * 2, 2)
         path = obj.get("trajectory", [])
         points = [_point((k["x"], k["y"])) for k in path]
         for a, b in zip(points, points[1:], strict=False):
@@ -102,6 +110,8 @@ def canvas(
                 cv2.circle(out, at, radius + 4, (255, 255, 255), max(1, round(2 * unit)))
             _label(out, f"{i + 1}: {key['depth']:.3g}", (at[0] + radius + 3, at[1] - 3), unit)
     _draw_open_polygon(out, polygon, unit)
+    if box_corner is not None:
+        _draw_open_polygon(out, [box_corner], unit)
     return out
 
 

@@ -8,6 +8,7 @@ weights are a built-in set (``tiny``, ``toy``) the method supports.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from anima.methods.registry import get_method, method_names
 from anima.weights import Weights
@@ -40,3 +41,16 @@ def method_statuses(weights: Weights) -> list[MethodStatus]:
     """Every registered method, ready ones first (then by name)."""
     statuses = [method_status(name, weights) for name in method_names()]
     return sorted(statuses, key=lambda s: (not s.ready, s.name))
+
+
+def ready_variant(name: str, weights: Weights) -> tuple[dict[str, Any] | None, str]:
+    """The options a run of ``name`` needs to use the models that are here, and their name:
+    (None, "") when the default options can run (or none can), else the first ready
+    `Method.weight_variants` (e.g. AnyI2V's ``{"backbone": "modelscope"}``)."""
+    cls = get_method(name)
+    if not cls.missing_components(weights):
+        return None, ""
+    for variant, options in cls.weight_variants().items():
+        if not cls.missing_components(weights, options):
+            return options.model_dump(mode="json", exclude_defaults=True), variant
+    return None, ""

@@ -17,7 +17,12 @@ from the camera in scene units.
 
 A polygon selection is drawn corner by corner (`add_polygon_corner`, each click an undo step)
 and becomes a new object when it is closed (`close_polygon`); until then its corners live in the
-draft, not in the spec (a spec's polygon has at least three corners and encloses an area).
+draft, not in the spec (a spec's polygon has at least three corners and encloses an area). A box
+selection is two clicks on opposite corners (`add_box_corner`); the first waits in the draft.
+
+Options a method keys by object id (AnyI2V's ``query_points``, `OBJECT_OPTIONS`) are edited on
+the active object (`add_query_point`) and leave with it; switching methods keeps only the options
+the new method knows.
 """
 
 from __future__ import annotations
@@ -62,6 +67,13 @@ factor to the power of the strength."""
 
 STRENGTH_RANGE = (0.25, 3.0)
 
+OBJECT_OPTIONS = ("query_points", "end_boxes")
+"""Method options keyed by object id (AnyI2V's): removing an object removes its entries."""
+
+QUERY_METHODS = ("anyi2v",)
+"""Methods whose options take per-object query points (AnyI2V, appendix: the points that say
+which pixels of the start box are the object)."""
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -72,6 +84,7 @@ class Snapshot:
     active: int | None
     keyframe: int | None
     polygon: tuple[tuple[float, float], ...] = ()
+    box_corner: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,7 @@ class Draft:
         active: id of the object that selection refinements and path points go to.
         keyframe: index of the active object's path point the depth slider edits.
         polygon: corners (x, y) of the polygon being drawn, not yet an object.
+        box_corner: the first corner (x, y) of a box being drawn, not yet an object.
         history: earlier states, newest last (`undo`).
     """
 
@@ -94,6 +108,7 @@ class Draft:
     active: int | None = None
     keyframe: int | None = None
     polygon: tuple[tuple[float, float], ...] = ()
+    box_corner: tuple[float, float] | None = None
     history: tuple[Snapshot, ...] = ()
 
     @property
@@ -211,7 +226,9 @@ def _check_point(draft: Draft, x: float, y: float, what: str) -> tuple[float, fl
 
 
 def _snapshot(draft: Draft) -> Snapshot:
-    return Snapshot(draft.spec, draft.size, draft.active, draft.keyframe, draft.polygon)
+    return Snapshot(
+        draft.spec, draft.size, draft.active, draft.keyframe, draft.polygon, draft.box_corner
+    )
 
 
 def _commit(
@@ -223,7 +240,8 @@ def _commit(
     polygon: tuple[tuple[float, float], ...] | None = None,
 ) -> Draft:
     """Validate ``data`` and return the new draft, the current state pushed on the history.
-    The polygon being drawn is kept unless ``polygon`` replaces it."""
+    The polygon being drawn is kept unless ``polygon`` replaces it; a box being drawn is
+    kept."""
     spec = parse_spec(data, WHERE, base_dir=Path(draft.workdir))
     history = (draft.history + (_snapshot(draft),))[-HISTORY_LIMIT:]
     return Draft(
@@ -233,6 +251,7 @@ def _commit(
         active=active,
         keyframe=keyframe,
         polygon=draft.polygon if polygon is None else polygon,
+        box_corner=draft.box_corner,
         history=history,
     )
 
@@ -370,6 +389,32 @@ def cancel_polygon(draft: Draft) -> Draft:
     return replace(draft, polygon=(), history=history)
 
 
+def add_box_corner(draft: Draft, x: float, y: float, label: str | None = None) -> Draft:
+    """A click on one corner of a selection box (one undo step): the first click waits in
+    the draft, the second, on the opposite corner, makes the box a new object (GrabCut or
+    SAM finds the object in it) that becomes the active object."""
+    _require_image(draft)
+    corner = _check_point(draft, x, y, "box corner")
+    if draft.box_corner is None:
+        history = (draft.history + (_snapshot(draft),))[-HISTORY_LIMIT:]
+        return replace(draft, box_corner=corner, history=history)
+    (xa, ya), (xb, yb) = draft.box_corner, corner
+    if xa == xb or ya == yb:
+        raise InputError(
+            "a box's two corners must differ in x and in y: click the opposite corner", WHERE
+        )
+    data = dict(draft.spec or {})
+    new_id = next_object_id(draft)
+    obj: dict[str, Any] = {
+        "id": new_id,
+        "box": [min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)],
+    }
+    if label:
+        obj["label"] = label
+    data["objects"] = [*draft.objects, obj]
+    return replace(_commit(draft, data, new_id, None), box_corner=None)
+
+
 def activate(draft: Draft, object_id: int) -> Draft:
     """Make ``object_id`` the object that path points and refinements go to (not an edit of
     the spec, so not an undo step); its last path point gets the depth slider."""
@@ -382,7 +427,7 @@ def activate(draft: Draft, object_id: int) -> Draft:
 def remove_object(draft: Draft) -> Draft:
     """Remove the active object; the last remaining one becomes active."""
     obj = _require_active(draft, "remove it")
-    data = dict(draft.spec or {})
+    data = _without_object_options(draft.spec or {}, {obj["id"]})
     data["objects"] = [o for o in draft.objects if o["id"] != obj["id"]]
     rest = data["objects"]
     new = _commit(draft, data, None, None)
@@ -391,10 +436,67 @@ def remove_object(draft: Draft) -> Draft:
 
 def clear_objects(draft: Draft) -> Draft:
     """Remove every object and the camera move (the photo and settings stay)."""
-    data = dict(_require_image(draft))
+    data = _without_object_options(_require_image(draft), {o["id"] for o in draft.objects})
     data["objects"] = []
     data.pop("camera", None)
     return _commit(draft, data, None, None)
+
+
+def _without_object_options(spec: dict[str, Any], ids: set[int]) -> dict[str, Any]:
+    """A copy of the spec data without the `OBJECT_OPTIONS` entries of objects ``ids`` (an
+    option left empty is dropped)."""
+    data = json.loads(json.dumps(spec))
+    options = data.get("options", {})
+    for key in OBJECT_OPTIONS:
+        if isinstance(options.get(key), dict):
+            kept = {k: v for k, v in options[key].items() if int(k) not in ids}
+            options[key] = kept
+            if not kept:
+                del options[key]
+    return data
+
+
+# --------------------------------------------------------------------------- query points
+
+
+def add_query_point(draft: Draft, x: float, y: float) -> Draft:
+    """Add (x, y) to the active object's query points (AnyI2V: the pixels of the first frame
+    that are the object; without any, its selection clicks or K-means points of its mask). A
+    point of an object selected by a box lies in that box."""
+    method = (_require_image(draft)).get("method")
+    if method not in QUERY_METHODS:
+        raise InputError(
+            f"query points are {', '.join(QUERY_METHODS)}'s: choose that method first", WHERE
+        )
+    obj = _require_active(draft, "click its query points")
+    x, y = _check_point(draft, x, y, "query point")
+    box = obj.get("box")
+    if box is not None and not (box[0] <= x <= box[2] and box[1] <= y <= box[3]):
+        raise InputError(
+            f"({x:g}, {y:g}) lies outside object {obj['id']}'s box: click inside it", WHERE
+        )
+    data = json.loads(json.dumps(draft.spec))
+    points = data.setdefault("options", {}).setdefault("query_points", {})
+    points[str(obj["id"])] = [*points.get(str(obj["id"]), []), [x, y]]
+    return _commit(draft, data, draft.active, draft.keyframe)
+
+
+def clear_query_points(draft: Draft) -> Draft:
+    """Forget the active object's query points."""
+    obj = _require_active(draft, "clear its query points")
+    if str(obj["id"]) not in query_points(draft):
+        raise InputError(f"object {obj['id']} has no query points", WHERE)
+    data = json.loads(json.dumps(draft.spec))
+    points = data["options"]["query_points"]
+    del points[str(obj["id"])]
+    if not points:
+        del data["options"]["query_points"]
+    return _commit(draft, data, draft.active, draft.keyframe)
+
+
+def query_points(draft: Draft) -> dict[str, list[list[float]]]:
+    """Object id (as text) -> its query points, from the spec's options."""
+    return dict(((draft.spec or {}).get("options") or {}).get("query_points") or {})
 
 
 # --------------------------------------------------------------------------- the path
@@ -558,15 +660,20 @@ def set_settings(
     return _commit(draft, data, draft.active, draft.keyframe)
 
 
-def set_method(draft: Draft, name: str) -> Draft:
-    """Record the method a download's ``anima animate`` uses (`anima.methods.registry`)."""
+def set_method(draft: Draft, name: str, options: dict[str, Any] | None = None) -> Draft:
+    """Record the method a download's ``anima animate`` uses (`anima.methods.registry`), with
+    ``options`` set over the spec's (e.g. the AnyI2V backbone whose weights are here). Options
+    the method does not know are dropped (undo brings them back)."""
     from anima.methods.registry import get_method
 
     data = dict(_require_image(draft))
-    get_method(name, "method")
-    if data.get("method") == name:
+    known = get_method(name, "method").options_model.model_fields
+    kept = {k: v for k, v in (data.get("options") or {}).items() if k in known}
+    kept |= options or {}
+    if data.get("method") == name and kept == (data.get("options") or {}):
         return draft
     data["method"] = name
+    data["options"] = kept
     return _commit(draft, data, draft.active, draft.keyframe)
 
 
@@ -599,6 +706,7 @@ def undo(draft: Draft) -> Draft:
         active=last.active,
         keyframe=last.keyframe,
         polygon=last.polygon,
+        box_corner=last.box_corner,
         history=draft.history[:-1],
     )
 
