@@ -401,3 +401,31 @@ def test_methods_lacking_weights_are_shown_disabled_with_the_reason(page):
     assert "levitor cannot run here: needs weights" in wait_status(page, "cannot run here")
     page.wait_for_function("document.querySelector('#generate').disabled")
     no_error_page(page)
+
+
+def test_a_box_and_query_points_for_anyi2v(page, tmp_path):
+    choose_files(page, "#upload", CAT)
+    wait_status(page, "photo chelsea.png")
+    set_mode(page, "Box corners")
+    click_photo(page, 300, 200)
+    wait_status(page, "box corner at")
+    click_photo(page, 120, 60)
+    wait_status(page, "object 1 selected by a box")
+    set_mode(page, "Query point (AnyI2V)")
+    click_photo(page, 200, 120)
+    wait_status(page, "choose that method first")  # coarse takes no query points
+    page.locator("#method input").click()
+    page.get_by_role("option", name="anyi2v (unavailable").click()
+    wait_status(page, "anyi2v cannot run here")
+    click_photo(page, 200, 120)
+    wait_status(page, "object 1: 1 query point(s)")
+    page.get_by_text("MotionSpec").click()
+    page.wait_for_function("document.querySelector('#spec')?.innerText.includes('query_points')")
+    text = page.inner_text("#spec")
+    spec = json.loads(text[text.index("{") :])
+    (obj,) = spec["objects"]
+    assert all(abs(a - b) <= 2 for a, b in zip(obj["box"], (120, 60, 300, 200), strict=True))
+    ((x, y),) = spec["options"]["query_points"]["1"]
+    assert abs(x - 200) <= 2 and abs(y - 120) <= 2
+    no_error_page(page)
+    save_screenshot(page, tmp_path, "studio-anyi2v-box.png")
