@@ -4,7 +4,7 @@ Mid-size part (default): a random 3-level SVD UNet (block channels 64, 128, 128)
 ControlNet (`SVDControlNetModel.from_unet`), the tiny VAE and CLIP encoder, at 128x192, 8
 frames, 10 Euler steps with CFG (batch 2). ``overhead_ratio`` is the median wall time of a whole
 `LeviTorPipeline.__call__` over ``steps`` times the median wall time of one denoising
-evaluation (`LeviTorPipeline._predict_noise` on the very inputs the pipeline passed it, captured
+evaluation (`LeviTorPipeline.predict_noise` on the very inputs the pipeline passed it, captured
 from a warm-up call). Each repeat times one pipeline call, then ``steps`` isolated evaluations,
 then the encoding (CLIP embedding + VAE encode) and the decoding alone, so that a machine whose
 load drifts affects both sides of the ratio alike. ``overhead_ratio_cpu`` is the same ratio in
@@ -24,7 +24,7 @@ descheduled stalls every parallel region); ``--threads 1`` gives steadier figure
 
 Full-size part (``--fullsize``): the SVD-xt UNet (random weights, fp32, CPU) and its ControlNet,
 one denoising step at 14 frames 320x576 (latents 40x72) with sequential CFG, i.e. two batch-1
-`_predict_noise` evaluations, under ``torch.no_grad()``. Reports the step time (median of
+`predict_noise` evaluations, under ``torch.no_grad()``. Reports the step time (median of
 ``--fullsize-repeats``), the RSS and peak RSS (``ru_maxrss``) after building the models, the
 peak RSS of the process after the step(s), and the parameter counts. One step takes minutes on
 a small CPU.
@@ -125,7 +125,7 @@ def run_midsize(args: argparse.Namespace) -> dict:
         generator = torch.Generator().manual_seed(args.seed)
         return pipe(image, control, num_inference_steps=steps, generator=generator)
 
-    # `_predict_noise` is wrapped for the whole run: it keeps the first call's inputs (exact
+    # `predict_noise` is wrapped for the whole run: it keeps the first call's inputs (exact
     # shapes and values, for the isolated timing) and times every evaluation inside the
     # pipeline (two clock reads a step), so that the time a call spends outside its
     # evaluations is measured directly too. The warm-up call also keeps the final latents.
@@ -137,7 +137,7 @@ def run_midsize(args: argparse.Namespace) -> dict:
         if not captured:
             captured.append(inputs)
         start = time.perf_counter()
-        noise = LeviTorPipeline._predict_noise(pipe, *inputs)
+        noise = LeviTorPipeline.predict_noise(pipe, *inputs)
         inside.append(time.perf_counter() - start)
         return noise
 
@@ -146,13 +146,13 @@ def run_midsize(args: argparse.Namespace) -> dict:
             final.append(tensors["latents"])
         return tensors
 
-    pipe._predict_noise = predict
+    pipe.predict_noise = predict
     pipe(image, control, num_inference_steps=steps, callback_on_step_end=keep_latents)
     step_inputs, latents = captured[0], final[0]
     pixels = pipe.video_processor.preprocess(image[None], height=height, width=width)
 
     def step() -> None:
-        LeviTorPipeline._predict_noise(pipe, *step_inputs)
+        LeviTorPipeline.predict_noise(pipe, *step_inputs)
 
     def encode() -> None:
         pipe.encode_image_embedding(image[None], device, True)
@@ -211,7 +211,7 @@ def run_fullsize(args: argparse.Namespace) -> dict:
         controlnet = SVDControlNetModel.from_unet(unet).eval()
     gc.collect()
     build_peak, build_rss = peak_rss_gib(), current_rss_gib()
-    models = SimpleNamespace(unet=unet, controlnet=controlnet)  # all `_predict_noise` uses
+    models = SimpleNamespace(unet=unet, controlnet=controlnet)  # all `predict_noise` uses
 
     scheduler = svd_scheduler()
     scheduler.set_timesteps(25)
@@ -224,7 +224,7 @@ def run_fullsize(args: argparse.Namespace) -> dict:
 
     def step() -> None:
         for _ in range(2):  # sequential CFG: unconditional, then conditional branch
-            LeviTorPipeline._predict_noise(models, sample, t, embedding, time_ids, control, 1.0)
+            LeviTorPipeline.predict_noise(models, sample, t, embedding, time_ids, control, 1.0)
 
     with torch.no_grad():
         times = [timed(step) for _ in range(args.fullsize_repeats)]

@@ -127,13 +127,13 @@ def test_no_cfg_when_the_maximum_guidance_is_one(components) -> None:
     pipe = make_pipe(components, random_output=True)
     image, control = photo((64, 64)), controls(3, (64, 64))
     calls: list[int] = []
-    original = pipe._predict_noise
+    original = pipe.predict_noise
 
     def counting(sample, *args):
         calls.append(sample.shape[0])
         return original(sample, *args)
 
-    pipe._predict_noise = counting
+    pipe.predict_noise = counting
     run(pipe, image, control, min_guidance_scale=1.0, max_guidance_scale=1.0)
     assert calls == [1] * STEPS
 

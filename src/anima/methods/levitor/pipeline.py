@@ -1,11 +1,8 @@
 """`LeviTorPipeline`: Stable Video Diffusion with the LeviTor ControlNet (LeviTor §3.2-3.3).
 
-A `StableVideoDiffusionPipeline` (CLIP image encoder, VAE with temporal decoder, SVD UNet, Euler
-scheduler in EDM/v-prediction form) plus an `SVDControlNetModel` fed the per-frame 3-channel
-LeviTor control maps (heatmap, instance id, depth; raw 0..255 as the release feeds them). The
-image embedding, the noise-augmented first-frame latent, the added time ids and the decoding are
-the stock pipeline's own methods; the denoising loop is ours, because each UNet call first runs
-the ControlNet and adds its residuals (`anima.models.unet_residuals`).
+An `anima.models.svd_pipeline.SVDControlNetPipeline` (SVD and an `SVDControlNetModel`, with
+SVD's conditioning) fed the per-frame 3-channel LeviTor control maps (heatmap, instance id,
+depth; raw 0..255 as the release feeds them); the denoising loop is this class's ``__call__``.
 
 Defaults are the authors' release's: 25 Euler steps, per-frame CFG ramping linearly from
 1.0 on the first frame to 3.0 on the last, fps 6 (the model receives fps - 1 = 5, as the
@@ -25,132 +22,16 @@ from contextlib import nullcontext
 
 import PIL.Image
 import torch
-from diffusers import (
-    AutoencoderKLTemporalDecoder,
-    EulerDiscreteScheduler,
-    StableVideoDiffusionPipeline,
-    UNetSpatioTemporalConditionModel,
-)
-from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
-    _resize_with_antialiasing,
-)
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
-from transformers import CLIPVisionModelWithProjection
 
 from anima.methods.levitor.release_cfg import release_cfg_order as release_cfg
-from anima.models.svd import CLIPProcessor
-from anima.models.svd_controlnet import SVDControlNetModel
-from anima.models.unet_residuals import unet_residuals
+from anima.models.svd_pipeline import SVDControlNetPipeline
 from anima.sampling.steps import StepCallback, after_step, guided
 
-#: SVD's CLIP image encoder input side.
-CLIP_SIDE = 224
 
-
-class LeviTorPipeline(StableVideoDiffusionPipeline):
+class LeviTorPipeline(SVDControlNetPipeline):
     """Image + LeviTor control maps -> video. See the module docstring."""
-
-    model_cpu_offload_seq = "image_encoder->controlnet->unet->vae"
-
-    def __init__(
-        self,
-        vae: AutoencoderKLTemporalDecoder,
-        image_encoder: CLIPVisionModelWithProjection,
-        unet: UNetSpatioTemporalConditionModel,
-        scheduler: EulerDiscreteScheduler,
-        feature_extractor: CLIPProcessor,
-        controlnet: SVDControlNetModel,
-    ) -> None:
-        super().__init__(vae, image_encoder, unet, scheduler, feature_extractor)
-        self.register_modules(controlnet=controlnet)
-
-    def _image_tensor(self, image: Tensor | PIL.Image.Image) -> Tensor:
-        """(1, 3, H, W) float in [0, 1] from a PIL image or a (3, H, W) / (1, 3, H, W) tensor."""
-        if isinstance(image, PIL.Image.Image):
-            image = self.video_processor.numpy_to_pt(self.video_processor.pil_to_numpy(image))
-        if image.dim() == 3:
-            image = image[None]
-        if image.dim() != 4 or image.shape[:2] != (1, 3):
-            raise ValueError(f"image must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-        return image.float()
-
-    def encode_image_embedding(self, image: Tensor, device: torch.device, cfg: bool) -> Tensor:
-        """CLIP image embedding, resized to 224 px with antialiasing in [-1, 1] exactly as the
-        stock pipeline does for PIL input; zeros for the unconditional branch."""
-        resized = (_resize_with_antialiasing(image * 2.0 - 1.0, (CLIP_SIDE, CLIP_SIDE)) + 1) / 2
-        return self._encode_image(resized, device, 1, cfg)
-
-    def prepare_conditioning(
-        self,
-        images: Tensor,
-        aug_noise: Tensor,
-        num_frames: int,
-        fps: int,
-        motion_bucket_id: int,
-        noise_aug_strength: float,
-        cfg: bool,
-        size: tuple[int, int] | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """SVD's conditioning of a batch of first frames, shared by sampling and training.
-
-        Args:
-            images: (B, 3, H, W) first frames in [0, 1].
-            aug_noise: (B, 3, h, w) standard normal noise for the noise augmentation.
-            cfg: prepend the unconditional branch (zero embedding and image latents).
-            size: generation size (h, w) the frames are resized to for the VAE (default: theirs);
-                the CLIP embedding sees them at their own size, as the stock pipeline does.
-
-        Returns:
-            The CLIP image embedding (B, 1, D), the noise-augmented first-frame VAE latent
-            (mode, unscaled, as SVD was trained) repeated over frames (B, F, 4, h, w), and the
-            added time ids (B, 3) ``[fps - 1, motion_bucket_id, noise_aug_strength]``; batch 2B
-            with ``cfg``.
-        """
-        device = self._execution_device
-        batch = images.shape[0]
-        height, width = size or images.shape[-2:]
-        embedding = self.encode_image_embedding(images, device, cfg)
-        pixels = self.video_processor.preprocess(images, height=height, width=width).to(device)
-        pixels = pixels + noise_aug_strength * aug_noise.to(device, pixels.dtype)
-        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float32)
-        image_latents = self._encode_vae_image(pixels, device, 1, cfg).to(embedding.dtype)
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float16)
-        image_latents = image_latents[:, None].repeat(1, num_frames, 1, 1, 1)
-        time_ids = self._get_add_time_ids(
-            fps - 1, motion_bucket_id, noise_aug_strength, embedding.dtype, batch, 1, cfg
-        ).to(device)
-        return embedding, image_latents, time_ids
-
-    def _predict_noise(
-        self,
-        sample: Tensor,
-        t: Tensor,
-        embedding: Tensor,
-        time_ids: Tensor,
-        control: Tensor,
-        scale: float,
-    ) -> Tensor:
-        """One ControlNet + UNet evaluation on a batch."""
-        down, mid = self.controlnet(
-            sample,
-            t,
-            encoder_hidden_states=embedding,
-            added_time_ids=time_ids,
-            controlnet_cond=control,
-            conditioning_scale=scale,
-        )
-        with unet_residuals(self.unet, down, mid):
-            return self.unet(
-                sample,
-                t,
-                encoder_hidden_states=embedding,
-                added_time_ids=time_ids,
-                return_dict=False,
-            )[0]
 
     @torch.no_grad()
     def __call__(  # noqa: PLR0913 - the pipeline's knobs are its public API
@@ -211,12 +92,7 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
             raise ValueError(
                 f"control maps are {tuple(control.shape[-2:])}, expected {(height, width)}"
             )
-        stem_scale = 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
-        if stem_scale != self.vae_scale_factor:
-            raise ValueError(
-                f"the ControlNet's stem downsamples {stem_scale}x but the VAE "
-                f"{self.vae_scale_factor}x: they were not trained together"
-            )
+        self.check_controlnet_stem()
         device = self._execution_device
         cfg = max_guidance_scale > 1
         if release_cfg_order and sequential_cfg:
@@ -269,7 +145,7 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
                 if cfg and sequential_cfg:
                     noise = torch.cat(
                         [
-                            self._predict_noise(
+                            self.predict_noise(
                                 sample[i : i + 1],
                                 t,
                                 embedding[i : i + 1],
@@ -281,7 +157,7 @@ class LeviTorPipeline(StableVideoDiffusionPipeline):
                         ]
                     )
                 else:
-                    noise = self._predict_noise(
+                    noise = self.predict_noise(
                         sample, t, embedding, time_ids, control, controlnet_conditioning_scale
                     )
                 if cfg:

@@ -19,7 +19,7 @@ CLIP vision tower with projection. Two stages:
 2. **UNet + image encoder** (``steps_unet``), VAE frozen. SVD's EDM v-prediction objective with
    the epsilon weighting of LeviTor's Eq. 6 (`anima.training.edm`: `edm_input_scale`,
    `edm_timestep`, `epsilon_loss`, the `StepNoise` draws, `encode_latents`), without a
-   ControlNet (`svd_loss`). Conditioning is `LeviTorPipeline.prepare_conditioning`, the code
+   ControlNet (`svd_loss`). Conditioning is `SVDControlNetPipeline.prepare_conditioning`, the code
    inference runs: CLIP embedding of the first frame, its noise-augmented VAE latent, added
    time ids with fps 6, motion bucket 100, noise augmentation 0.02 (the defaults of
    ``anima animate --method levitor``). The CLIP image encoder is **trainable** (a random frozen
@@ -266,9 +266,8 @@ def initial_unet_and_encoder(seed: int, unet_channels: Sequence[int] = (32, 64))
 
 
 def build_pipeline(vae: Any, image_encoder: Any, unet: Any) -> Any:
-    """A `LeviTorPipeline` around the models (its conditioning code; the ControlNet slot is a
-    zero ControlNet that is never called in training)."""
-    from anima.methods.levitor.pipeline import LeviTorPipeline
+    """An `SVDControlNetPipeline` around the models (its conditioning code; the ControlNet slot
+    is a zero ControlNet that is never called in training)."""
     from anima.models.svd import (
         clip_feature_extractor,
         stem_channels,
@@ -276,12 +275,13 @@ def build_pipeline(vae: Any, image_encoder: Any, unet: Any) -> Any:
         vae_scale_factor,
     )
     from anima.models.svd_controlnet import SVDControlNetModel
+    from anima.models.svd_pipeline import SVDControlNetPipeline
 
     with torch.random.fork_rng(devices=[]):
         controlnet = SVDControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=stem_channels(vae_scale_factor(vae))
         )
-    pipe = LeviTorPipeline(
+    pipe = SVDControlNetPipeline(
         vae=vae,
         image_encoder=image_encoder,
         unet=unet,
