@@ -24,6 +24,8 @@ from anima.errors import InputError
 from anima.io import Staging, VideoWriter, staged_outputs, write_depth_png, write_png
 from anima.methods.base import Controls
 from anima.methods.registry import default_method, get_method
+from anima.perception.inpaint import inpainter_for, plate_inpainting
+from anima.render_import import RenderFolderWriter
 from anima.scene import Scene, build_scene
 from anima.spec import MotionSpec, format_validation_error, spec_to_json
 from anima.stream import FrameStream, OutputFrame
@@ -78,9 +80,12 @@ def resolve_spec(
     data["image"] = str(spec.resolve(spec.image).resolve())
     if spec.depth:
         data["depth"] = str(spec.resolve(spec.depth).resolve())
+    if spec.render:
+        data["render"] = str(spec.resolve(spec.render).resolve())
     for obj in data["objects"]:
-        if obj.get("mask"):
-            obj["mask"] = str(spec.resolve(obj["mask"]).resolve())
+        for key in ("mask", "mesh"):
+            if obj.get(key):
+                obj[key] = str(spec.resolve(obj[key]).resolve())
     if data.get("pose"):
         for key in ("video", "keypoints", "reference_keypoints"):
             if data["pose"].get(key):
@@ -143,7 +148,8 @@ def animate(
 
     start = time.perf_counter()
     stage(f"preparing {method_cls.name} controls")
-    controls = method.prepare(spec, scene)
+    with plate_inpainting(inpainter_for(weights, method.device, method.dtype)):
+        controls = method.prepare(spec, scene)  # background plates inpainted as the weights say
     seconds["prepare"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -211,8 +217,9 @@ def _open_npy(path: Path, shape: tuple[int, ...]) -> BinaryIO:
 class DumpWriter:
     """Writes a dump frame by frame (the layout the README's CLI section fixes):
     ``frames/NNNN.png``; where the method rendered, ``render/{rgb,depth,instance,visible}/
-    NNNN.png`` and ``render/depth.npy`` (F, h, w) float32, written frame by frame; then, on a
-    clean exit, ``controls.json``, the controls' images (``NAME.png``, `Controls.images`) and
+    NNNN.png``, ``render/depth.npy`` (F, h, w) float32 and the render in I2V3D's layout under
+    ``render/i2v3d/`` (`anima.render_import`), written frame by frame; then, on a clean exit,
+    ``controls.json``, the controls' images (``NAME.png``, `Controls.images`) and
     ``spec.resolved.json``."""
 
     def __init__(self, folder: Path, result: AnimateResult) -> None:
@@ -220,6 +227,7 @@ class DumpWriter:
         self.result = result
         self.index = 0
         self._depth: BinaryIO | None = None
+        self._i2v3d: RenderFolderWriter | None = None
 
     def __enter__(self) -> DumpWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -241,6 +249,9 @@ class DumpWriter:
                     render / "depth.npy", (self.result.stream.num_frames, *rendered.distance.shape)
                 )
             self._depth.write(rendered.distance.numpy().astype("<f4").tobytes())
+            if self._i2v3d is None:
+                self._i2v3d = RenderFolderWriter(render / "i2v3d")
+            self._i2v3d.write(rendered)
         self.index += 1
 
     def __exit__(self, kind: type[BaseException] | None, *_rest: object) -> None:

@@ -18,9 +18,11 @@ from pydantic import BaseModel
 from anima.errors import InputError
 from anima.io import read_depth, read_image, read_mask
 from anima.memory import check_memory
+from anima.mesh import load_mesh
 from anima.methods.base import Method
 from anima.methods.registry import get_method
 from anima.pipeline import resolve_spec
+from anima.render_import import check_render_folder
 from anima.scene import check_selections, source_size
 from anima.spec import MotionSpec, load_spec
 from anima.weights import Weights
@@ -47,6 +49,11 @@ def _check_files(spec: MotionSpec) -> None:
             read_mask(
                 spec.resolve(obj.mask), size=size, where=f"objects[{i}].mask", image_size=photo
             )
+        if obj.mesh is not None:
+            load_mesh(spec.resolve(obj.mesh), f"objects[{i}].mesh")
+    if spec.render is not None:
+        ids = [obj.id for obj in spec.objects]
+        check_render_folder(spec.resolve(spec.render), spec.num_frames, size, ids, "render")
     check_selections(spec, size)
 
 

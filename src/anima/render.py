@@ -4,8 +4,9 @@ This is LeviTor's 3D step (§3.3, Eq. 7-8) generalised: every object's pixels ar
 moved by their per-frame rigid transform, seen by the per-frame camera and splatted back with a
 z-test, giving per frame RGB, planar distance, instance ids (0 = background) and visibility.
 
-- **Background plate.** The image with every selected object removed (OpenCV inpainting) is
-  computed once. Its pixels under the objects are a guess, not an observation: they never
+- **Background plate.** The image with every selected object removed (a diffusion inpainting
+  pipeline from the weights' ``inpaint/`` when present, else OpenCV; `anima.perception.inpaint`)
+  is computed once. Its pixels under the objects are a guess, not an observation: they never
   occlude anything (their z-test depth is pushed to infinity) and render as not visible.
 - **No holes when things come nearer.** A point group whose image-space magnification over the
   clip reaches m is supersampled with ceil(m) x ceil(m) sub-points per pixel, spaced at most one
@@ -42,11 +43,17 @@ z-test, giving per frame RGB, planar distance, instance ids (0 = background) and
   (projections of s + (1, 0) and s + (0, 1)), the pixel centre c comes from s + J^-1 (c - p),
   sampled bilinearly among the group's own source pixels (an object never takes the colour
   of what surrounds it).
+- **Meshes.** An object with a 3D model (``objects[i].mesh``, `anima.mesh`; I2V3D §3.1) is drawn
+  by the triangle rasteriser (`anima.raster`) instead of its point group, moved by its
+  trajectory's rotation and translation. Its fragments and the points meet per pixel by depth:
+  a mesh fragment wins where it is nearer than the point z-buffer's winner (guessed plate
+  pixels never occlude it), and shows the object's id, its planar distance and, as the
+  reconstruction covers it, visible (I2V3D's visibility: covered by the scene's geometry).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -55,6 +62,9 @@ import torch
 
 from anima.animation import Animation
 from anima.camera import project, transform_points, unproject
+from anima.mesh import PlacedMesh, mesh_poses
+from anima.perception.inpaint import Inpainter, plate_inpainter
+from anima.raster import Fragments, rasterise, shade
 from anima.scene import Scene
 
 MAX_SUPERSAMPLE = 6
@@ -117,11 +127,16 @@ class BackgroundPlate:
     observed: torch.Tensor  # (H, W) bool, False where the objects were
 
 
-def background_plate(scene: Scene, radius: int = 5, margin: int = 3) -> BackgroundPlate:
-    """Inpaint the objects away (OpenCV Telea) in colour and distance.
+def background_plate(
+    scene: Scene, radius: int = 5, margin: int = 3, inpainter: Inpainter | None = None
+) -> BackgroundPlate:
+    """Inpaint the objects away in colour and distance (once per scene: a `Renderer` keeps it).
 
-    The inpainting region is the objects' mask dilated by ``margin`` pixels, so that mixed edge
-    pixels do not seed the fill; outside the exact masks the original pixels are kept."""
+    Colour: ``inpainter``, else the run's (`anima.perception.inpaint.plate_inpainter`: the
+    weights' ``inpaint/`` diffusion pipeline, as I2V3D §3.1 inpaints the background with SDXL
+    inpainting, else OpenCV Telea); distance: OpenCV Telea. The inpainting region is the
+    objects' mask dilated by ``margin`` pixels, so that mixed edge pixels do not seed the fill;
+    outside the exact masks the original pixels are kept, bit for bit."""
     objects = (scene.instance > 0).numpy()
     if not objects.any():
         return BackgroundPlate(
@@ -131,13 +146,13 @@ def background_plate(scene: Scene, radius: int = 5, margin: int = 3) -> Backgrou
         )
     kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
     region = cv2.dilate(objects.astype(np.uint8), kernel)
-    rgb8 = (scene.image.permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-    filled = cv2.inpaint(rgb8, region, radius, cv2.INPAINT_TELEA)
+    fill = inpainter or plate_inpainter(radius)
+    filled = fill(scene.image, torch.from_numpy(region > 0))
     depth = cv2.inpaint(
         scene.distance.numpy().astype(np.float32), region, radius, cv2.INPAINT_TELEA
     )
     keep = torch.from_numpy(~objects)
-    rgb = torch.where(keep, scene.image, torch.from_numpy(filled).permute(2, 0, 1).float() / 255)
+    rgb = torch.where(keep, scene.image, filled.to(scene.image.dtype))
     distance = torch.where(keep, scene.distance, torch.from_numpy(depth))
     return BackgroundPlate(rgb, distance, keep)
 
@@ -360,13 +375,22 @@ def _source_positions(
     return group.source_xy[winner] + delta
 
 
-def _groups(scene: Scene, animation: Animation, plate: BackgroundPlate, splat_plate: bool):
-    """The objects' point groups, then the plate's when it is splatted (a moving camera). The
-    order is the z-buffer's tie-break (lower table index wins): an object exactly as far as
-    the surface behind it (a flat depth map) stays in front of it."""
+def _groups(
+    scene: Scene,
+    animation: Animation,
+    plate: BackgroundPlate,
+    splat_plate: bool,
+    skip: frozenset[int] = frozenset(),
+):
+    """The objects' point groups (but those in ``skip``: drawn as meshes), then the plate's
+    when it is splatted (a moving camera). The order is the z-buffer's tie-break (lower table
+    index wins): an object exactly as far as the surface behind it (a flat depth map) stays in
+    front of it."""
     groups = []
     all_observed = torch.ones(scene.size, dtype=torch.bool)
     for object_id in scene.object_ids:
+        if object_id in skip:
+            continue
         if not bool(scene.mask(object_id).any()):
             continue  # too small to cover a pixel centre at this size: nothing to draw
         groups.append(
@@ -480,7 +504,11 @@ class Renderer:
     runs only on the pixels that objects' splats reach (sorted and indexed with
     ``searchsorted``), seeded with the plate's depths there, and the frame is the plate with
     those pixels replaced, so the cost of a frame follows the objects' pixels, not the photo's.
-    With a moving camera every pixel takes part."""
+    With a moving camera every pixel takes part.
+
+    ``meshes`` (`anima.mesh.scene_meshes`, by object id) are drawn instead of those objects'
+    point groups (module docstring, "Meshes"); they are in 3D, so the same meshes serve the
+    scene and animation at any size."""
 
     def __init__(
         self,
@@ -488,13 +516,16 @@ class Renderer:
         animation: Animation,
         plate: BackgroundPlate | None = None,
         fill_holes: bool = True,
+        meshes: Mapping[int, PlacedMesh] | None = None,
     ) -> None:
         self.animation = animation
         self.size = scene.size
         self.fill_holes = fill_holes
         self.plate = plate if plate is not None else background_plate(scene)
         self.splat_plate = not animation.camera_static
-        self.groups = _groups(scene, animation, self.plate, self.splat_plate)
+        self.meshes = _MeshLayer(meshes, animation) if meshes else None
+        skip = frozenset(meshes or ())
+        self.groups = _groups(scene, animation, self.plate, self.splat_plate, skip)
         self.near = near_plane(scene)
         # Table indices: group g's points from starts[g]; without plate splatting, the plate's
         # pixel i is index plate_start + i (after the objects: they win ties, `_groups`).
@@ -610,6 +641,10 @@ class Renderer:
             distance[at] = z[index]
             instance[at] = group.instance
             visible[at] = group.observed[index]
+        if self.meshes is not None:
+            drawn = self._draw_meshes(f, keys, pixels, rgb, distance, instance, visible)
+            if self.splat_plate:
+                empty = empty & ~drawn
         frame = RenderFrame(
             rgb.reshape(3, height, width).clamp_(0, 1),
             distance.reshape(height, width),
@@ -620,16 +655,97 @@ class Renderer:
             _fill_holes(frame, empty.reshape(height, width))
         return frame
 
+    def _draw_meshes(
+        self,
+        f: int,
+        keys: torch.Tensor,
+        pixels: torch.Tensor | None,
+        rgb: torch.Tensor,
+        distance: torch.Tensor,
+        instance: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> torch.Tensor:
+        """Draw the meshes of frame ``f`` over the points' frame (flat buffers, in place) where
+        they are nearer than the point z-buffer's winners ``keys`` (local to ``pixels``, or
+        every pixel); returns the (H * W,) bool pixels they took (module docstring)."""
+        assert self.meshes is not None
+        height, width = self.size
+        fragments, colours, ids = self.meshes.draw(f, self.size, self.near)
+        point_z = _key_depths(keys)
+        if pixels is not None:  # untouched pixels show the plate (seeded depths)
+            point_z = self.seed_z.clone().index_copy_(0, pixels, point_z)
+        front = fragments.depth < point_z[fragments.pixel]
+        at = fragments.pixel[front]
+        rgb[:, at] = colours[front].T
+        distance[at] = fragments.depth[front]
+        instance[at] = ids[front]
+        visible[at] = True
+        drawn = torch.zeros(height * width, dtype=torch.bool)
+        drawn[at] = True
+        return drawn
+
+
+def _key_depths(keys: torch.Tensor) -> torch.Tensor:
+    """The z-test depths (float32) in z-buffer keys (`_depth_keys`); infinity where empty."""
+    depth = (keys >> 32).to(torch.int32).view(torch.float32)
+    return torch.where(keys == _EMPTY, torch.tensor(float("inf")), depth)
+
+
+class _MeshLayer:
+    """The scene's meshes as one triangle list, drawn frame by frame (`anima.raster`), each
+    moved by its object's per-frame transform (`anima.mesh.mesh_poses`)."""
+
+    def __init__(self, meshes: Mapping[int, PlacedMesh], animation: Animation) -> None:
+        placed = [meshes[object_id] for object_id in sorted(meshes)]
+        self.animation = animation
+        self.vertices = [p.mesh.vertices.double() for p in placed]
+        self.poses = [mesh_poses(p, animation) for p in placed]
+        vertex_starts = np.cumsum([0] + [len(v) for v in self.vertices[:-1]])
+        texture_starts = np.cumsum([0] + [len(p.mesh.textures) for p in placed[:-1]])
+        self.faces = torch.cat(
+            [p.mesh.faces + int(v) for p, v in zip(placed, vertex_starts, strict=True)]
+        )
+        self.corner_colours = torch.cat([p.mesh.corner_colours for p in placed])
+        self.corner_uv = torch.cat([p.mesh.corner_uv for p in placed])
+        self.face_texture = torch.cat(
+            [
+                torch.where(p.mesh.face_texture >= 0, p.mesh.face_texture + int(t), -1)
+                for p, t in zip(placed, texture_starts, strict=True)
+            ]
+        )
+        self.textures = [texture for p in placed for texture in p.mesh.textures]
+        self.face_instance = torch.cat(
+            [torch.full((len(p.mesh.faces),), p.instance, dtype=torch.int64) for p in placed]
+        )
+
+    def draw(
+        self, f: int, size: tuple[int, int], near: float
+    ) -> tuple[Fragments, torch.Tensor, torch.Tensor]:
+        """Frame ``f``'s fragments, their colours (N, 3) and object ids (N,)."""
+        world_to_camera = self.animation.world_to_camera[f].double()
+        vertices = torch.cat(
+            [
+                transform_points(world_to_camera @ pose[f], points)
+                for points, pose in zip(self.vertices, self.poses, strict=True)
+            ]
+        )
+        fragments = rasterise(vertices, self.faces, self.animation.intrinsics[f], size, near)
+        colours = shade(
+            fragments, self.corner_colours, self.corner_uv, self.face_texture, self.textures
+        )
+        return fragments, colours, self.face_instance[fragments.face]
+
 
 def render(
     scene: Scene,
     animation: Animation,
     plate: BackgroundPlate | None = None,
     fill_holes: bool = True,
+    meshes: Mapping[int, PlacedMesh] | None = None,
 ) -> RenderResult:
     """Every frame of ``animation`` at once (`Renderer`; for methods that need the whole clip,
-    at the size they work at)."""
-    return RenderResult.stack(Renderer(scene, animation, plate, fill_holes))
+    at the size they work at; ``meshes``: `anima.mesh.scene_meshes`)."""
+    return RenderResult.stack(Renderer(scene, animation, plate, fill_holes, meshes))
 
 
 def _fill_holes(frame: RenderFrame, holes: torch.Tensor, radius: int = 3) -> None:

@@ -116,6 +116,14 @@ class SceneObject(_Strict):
         default_factory=list,
         description="Keyframes; empty means the object stays where it is (still an instance).",
     )
+    mesh: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A 3D model of the object (OBJ, GLB or PLY path, relative to the spec; "
+        "y up, its front facing +z, as 3D tools export): it replaces the object's pixels, "
+        "placed at the selection's position and distance, scaled to its silhouette and turned "
+        "by the trajectory's rotations, so a turn shows its back (I2V3D §3.1).",
+    )
 
     @field_validator("box")
     @classmethod
@@ -310,6 +318,13 @@ class MotionSpec(_Strict):
     depth: str | None = Field(
         default=None,
         description="Distance map path: .npy float distances or 16-bit PNG (value / 1000).",
+    )
+    render: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Guidance render folder in I2V3D's layout (ani/, depth/, fg_mask/, mask/: "
+        "one PNG a frame), relative to the spec file: methods are guided by it instead of "
+        "anima's own render.",
     )
     fov: float = Field(
         default=60.0, gt=1.0, lt=179.0, description="Horizontal field of view, degrees."

@@ -7,6 +7,7 @@ sub-directory a component, in diffusers/transformers layout::
 
     DIR/depth-anything/   config.json + model.safetensors  (transformers Depth Anything V1/V2)
     DIR/sam/              config.json + model.safetensors  (transformers SAM)
+    DIR/inpaint/          SD1.5 or SDXL inpainting, diffusers pipeline layout (the plate)
     DIR/svd/              Stable Video Diffusion img2vid(-xt), diffusers pipeline layout
     DIR/levitor/          LeviTor ControlNet: config.json + diffusion_pytorch_model.safetensors,
                           or the official release (an accelerate state dir with controlnet/)
@@ -62,7 +63,14 @@ DEPTH_ANYTHING = Component(
     "depth-anything", "depth-anything", "monocular depth (else a ground-plane prior)", optional=True
 )
 SAM = Component("sam", "sam", "masks from clicked points (else GrabCut)", optional=True)
-PERCEPTION_COMPONENTS = (DEPTH_ANYTHING, SAM)
+INPAINT = Component(
+    "inpaint",
+    "inpaint",
+    "background plate: SD1.5/SDXL inpainting (else OpenCV)",
+    required_files=("model_index.json",),
+    optional=True,
+)
+PERCEPTION_COMPONENTS = (DEPTH_ANYTHING, SAM, INPAINT)
 SVD = Component(
     "Stable Video Diffusion",
     "svd",

@@ -6,13 +6,14 @@ correct perspective scaling and occlusion, the background filled from an inpaint
 the geometric truth the learned methods are guided by, and the default when no weights are set.
 Frames are made one at a time as the outputs take them (`anima.stream`), so memory does not grow
 with the clip. The LeviTor control points of the clip are computed on a small render when asked
-for, so a dump and the studio can show them.
+for, so a dump and the studio can show them. An object with a 3D model (``mesh``) is drawn from
+it (`anima.mesh`), so it can turn and show its back (I2V3D §3.1).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from anima.animation import Animation, build_animation
 from anima.control_points import POINTS_RENDER_MAX_SIDE, ControlPoints, compute_control_points
+from anima.mesh import PlacedMesh, scene_meshes
 from anima.methods.base import Controls, Method
 from anima.methods.registry import register
 from anima.render import Renderer, render
@@ -48,6 +50,7 @@ class CoarseControls(Controls):
     renderer: Renderer | None = None
     animation: Animation | None = None
     points_scale: float = 1.0
+    meshes: dict[int, PlacedMesh] = field(default_factory=dict)
 
     @functools.cached_property
     def points(self) -> ControlPoints:
@@ -57,7 +60,7 @@ class CoarseControls(Controls):
         size = self.scene.size
         scale = min(1.0, POINTS_RENDER_MAX_SIDE / max(size))
         small = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-        clip = render(self.scene.resized(small), self.animation.resized(small))
+        clip = render(self.scene.resized(small), self.animation.resized(small), meshes=self.meshes)
         points = compute_control_points(
             clip.instance,
             clip.distance,
@@ -82,8 +85,10 @@ class CoarseMethod(Method):
 
     def prepare(self, spec: MotionSpec, scene: Scene) -> CoarseControls:
         animation = build_animation(spec, scene)
-        renderer = Renderer(scene, animation)
-        return CoarseControls(spec, scene, None, renderer, animation, self.options.points_scale)
+        meshes = scene_meshes(spec, scene)
+        renderer = Renderer(scene, animation, meshes=meshes)
+        scale = self.options.points_scale
+        return CoarseControls(spec, scene, None, renderer, animation, scale, meshes)
 
     def stream(self, controls: Controls) -> FrameStream:
         """The render's frames as the renderer makes them, at the output size."""

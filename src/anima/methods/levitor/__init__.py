@@ -1,8 +1,9 @@
 """LeviTor: 3D trajectory control of SVD with K-means control points.
 
-``prepare`` renders the spec's 3D motion (`anima.render`), and turns the rendered instance and
-distance maps into control points and control maps (`controls.control_signal`, the same
-function training uses on ground-truth masks), in the control variant and the convention
+``prepare`` renders the spec's 3D motion (`anima.render`), or takes the spec's ``render`` folder
+instead (`anima.render_import.guidance_render`), and turns the rendered instance and distance
+maps into control points and control maps (`controls.control_signal`, the same function
+training uses on ground-truth masks), in the control variant and the convention
 (ours or the release's, LeviTor §3.2) the loaded ControlNet records; the ``control_convention``
 option, when given, wins over the ControlNet's record. ``generate`` runs `LeviTorPipeline` on
 the first frame and the maps. The video is generated at the scene size rounded down to a
@@ -29,7 +30,7 @@ from anima.methods.levitor.loading import (
     recorded_convention,
 )
 from anima.methods.registry import register
-from anima.render import render
+from anima.render_import import guidance_render
 from anima.sampling.steps import step_reporter
 from anima.scene import Scene, check_generation_size, generation_size
 from anima.spec import MotionSpec
@@ -152,9 +153,9 @@ class LeviTorMethod(Method):
         size = self.options.size or generation_size(scene.size, max_side, MIN_SIDE)
         # The motion is built where the spec's pixels live (the scene size), then the scene and
         # the motion are seen at the generation size and rendered there (issue "Photos as people
-        # take them", part 2): a 12-megapixel photo is never rendered at its own size.
-        animation = build_animation(spec, scene).resized(size)
-        result = render(scene.resized(size), animation)
+        # take them", part 2): a 12-megapixel photo is never rendered at its own size. A spec's
+        # ``render`` folder, when given, is the guidance instead.
+        result = guidance_render(spec, scene, build_animation(spec, scene), size)
         convention = self.control_convention()
         points, maps = control_signal(
             result.instance,
