@@ -3,8 +3,10 @@
 ``anima train svd-base --data DIR --out DIR [options]`` trains a tiny SVD base model
 (`anima.world.svd_base.train`); ``anima train levitor --data DIR --out DIR [options]`` trains
 the LeviTor ControlNet (`anima.methods.levitor.train`); ``anima train xdyna ...`` trains
-X-Dyna (`anima.methods.xdyna.train`). The same commands run unchanged under ``accelerate
-launch`` on several GPUs and ``torchrun`` on several CPU processes.
+X-Dyna (`anima.methods.xdyna.train`); ``anima train i2v3d-lora [SPEC] --out DIR ...`` trains
+I2V3D's LoRA on the input image and its views (`anima.methods.i2v3d.train`). The same commands
+run unchanged under ``accelerate launch`` on several GPUs and ``torchrun`` on several CPU
+processes.
 
 Each command's options are built from its method's pydantic config (`config_command`): every
 field marked with an `anima.training.Flag` becomes an option with the field's name, default and
@@ -20,6 +22,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -28,6 +31,7 @@ from pydantic_core import PydanticUndefined
 from rich.console import Console
 
 from anima.errors import InputError
+from anima.methods.i2v3d.train import LoraTrainConfig
 from anima.methods.levitor.train import TrainConfig
 from anima.methods.xdyna.train import XDynaTrainConfig
 from anima.training import RunConfig, field_flag
@@ -51,12 +55,20 @@ def _train() -> None:
 
 @dataclass(frozen=True)
 class Extra:
-    """A command option that is not a config field (passed to the command's run function)."""
+    """A command option that is not a config field (passed to the command's run function);
+    ``argument``: a positional argument instead of an option."""
 
     name: str
     annotation: Any
     default: Any
     help: str
+    argument: bool = False
+
+    def parameter(self) -> Any:
+        """The typer option (or argument) that reads it."""
+        if self.argument:
+            return typer.Argument(help=self.help, metavar=self.name.upper(), show_default=False)
+        return typer.Option(help=self.help)
 
 
 #: The fields every command lists first; the `RunConfig` fields (checkpoints, log, ...) last.
@@ -126,10 +138,10 @@ def _parameters(
             sources[name] = [name]
         if name == "out":
             for extra in extras:
-                add(extra.name, extra.annotation, extra.default, typer.Option(help=extra.help))
+                add(extra.name, extra.annotation, extra.default, extra.parameter())
     if "out" not in sources:
         for extra in extras:
-            add(extra.name, extra.annotation, extra.default, typer.Option(help=extra.help))
+            add(extra.name, extra.annotation, extra.default, extra.parameter())
     return params, sources
 
 
@@ -264,6 +276,50 @@ config_command(
             str | None,
             None,
             "Weights with sd15/ and motion-adapter/ (or 'tiny'); $ANIMA_WEIGHTS.",
+        ),
+        ALLOW_PICKLE,
+    ],
+)
+
+
+def _i2v3d_lora(
+    config: LoraTrainConfig, spec: Path | None, weights: str | None, allow_pickle: bool
+) -> None:
+    from anima.methods.i2v3d.train import train_lora
+
+    config = config.model_copy(update={"spec": spec})
+    result = train_lora(config, Weights.resolve(weights, allow_pickle=allow_pickle))
+    if result.cached:
+        _print(config.quiet, f"{result.lora_file} is already trained on this image (cached)")
+        return
+    last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
+    _print(
+        config.quiet,
+        f"wrote {result.lora_file} (base {config.base}, steps {result.start_step}-{result.step}"
+        f"{last}, {result.seconds:.1f}s)",
+    )
+
+
+config_command(
+    train_app,
+    "i2v3d-lora",
+    LoraTrainConfig,
+    _i2v3d_lora,
+    "Train I2V3D's LoRA (I2V3D §3.2.1, Eq. 1) on a SPEC's (or --image's) image and novel views "
+    "of its object.",
+    [
+        Extra(
+            "spec",
+            Path | None,
+            None,
+            "MotionSpec: its image, object and prompt (or give --image).",
+            argument=True,
+        ),
+        Extra(
+            "weights",
+            str | None,
+            None,
+            "Weights with sdxl/ or sd15/ (or 'tiny'); default $ANIMA_WEIGHTS.",
         ),
         ALLOW_PICKLE,
     ],

@@ -15,6 +15,7 @@ _BUILTIN = {
     "levitor": "anima.methods.levitor",
     "xdyna": "anima.methods.xdyna",
     "anyi2v": "anima.methods.anyi2v",
+    "i2v3d": "anima.methods.i2v3d",
 }
 _REGISTRY: dict[str, type[Method]] = {}
 
