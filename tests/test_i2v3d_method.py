@@ -35,7 +35,7 @@ def spec_file(tmp_path: Path, options: dict | None = None) -> Path:
         for key in obj.get("trajectory", []):
             key["x"] *= scale
             key["y"] *= scale
-    fast = {"stage": "keyframes", "keyframe_every": 2, "num_inference_steps": 2}
+    fast = {"stage": "keyframes", "keyframe_every": 2, "num_inference_steps": 2, "lora": None}
     data["options"] = fast | (options or {})
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(data))
@@ -93,12 +93,20 @@ def test_weights_check_lists_the_components(tmp_path: Path, capsys) -> None:
     text = capsys.readouterr().out
     for subdir in ("sdxl/", "controlnet-depth-sdxl/", "sd15/", "controlnet-depth-sd15/"):
         assert subdir in text
-    for subdir, name in (("sdxl", "model_index.json"), ("controlnet-depth-sdxl", "config.json")):
+    for subdir, name in (
+        ("sdxl", "model_index.json"),
+        ("controlnet-depth-sdxl", "config.json"),
+        ("svd", "model_index.json"),
+    ):
         (tmp_path / subdir).mkdir()
         (tmp_path / subdir / name).write_text("{}")
+    assert main(["weights", "check", "i2v3d", "--weights", str(tmp_path)]) == 2
+    assert "temporal-depth-controlnet" in capsys.readouterr().err  # the video's ControlNet
+    (tmp_path / "temporal-depth-controlnet").mkdir()
+    (tmp_path / "temporal-depth-controlnet" / "config.json").write_text("{}")
     assert main(["weights", "check", "i2v3d", "--weights", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "sdxl/ present" in text and "sd15/ absent" in text
+    assert "sdxl/ present" in text and "sd15/ absent" in text and "svd/ present" in text
     assert "sdxl-vae-fp16-fix/ (optional) absent" in text
 
 
@@ -107,9 +115,12 @@ def test_weights_for_the_other_base_are_missing(tmp_path: Path, capsys) -> None:
         (tmp_path / subdir).mkdir()
         (tmp_path / subdir / name).write_text("{}")
     cls = get_method("i2v3d")
-    assert not cls.missing_components(Weights(root=tmp_path), I2V3DOptions(base="sd15"))
-    missing = cls.missing_components(Weights(root=tmp_path), I2V3DOptions(base="sdxl"))
+    weights = Weights(root=tmp_path)
+    assert not cls.missing_components(weights, I2V3DOptions(base="sd15", stage="keyframes"))
+    missing = cls.missing_components(weights, I2V3DOptions(base="sdxl", stage="keyframes"))
     assert [c.subdir for c in missing] == ["sdxl", "controlnet-depth-sdxl"]
+    missing = cls.missing_components(weights, I2V3DOptions(base="sd15"))  # the whole video
+    assert [c.subdir for c in missing] == ["svd", "temporal-depth-controlnet"]
 
 
 @pytest.mark.parametrize(

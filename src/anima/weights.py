@@ -77,6 +77,12 @@ SVD = Component(
     "SVD img2vid(-xt) in diffusers layout",
     required_files=("model_index.json",),
 )
+SD15 = Component(
+    "Stable Diffusion 1.5",
+    "sd15",
+    "SD1.5 in diffusers layout (unet, vae, text_encoder, tokenizer)",
+    required_files=("model_index.json",),
+)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 

@@ -59,14 +59,8 @@ from anima.models.tiny_sd import (
     tiny_text_encoder,
     tiny_tokenizer,
 )
-from anima.weights import Component, Weights
+from anima.weights import SD15, Component, Weights
 
-SD15 = Component(
-    "Stable Diffusion 1.5",
-    "sd15",
-    "SD1.5 in diffusers layout (unet, vae, text_encoder, tokenizer)",
-    required_files=("model_index.json",),
-)
 MOTION_ADAPTER = Component(
     "AnimateDiff motion adapter", "motion-adapter", "AnimateDiff v3 motion modules (v1-5-3)"
 )

@@ -1,20 +1,25 @@
-"""I2V3D: image to video under 3D control, keyframes first (I2V3D §3.2; part 2 adds §3.3's
-interpolation).
+"""I2V3D: image to video under 3D control (I2V3D §3): keyframes refined from the render, then
+3D-guided interpolation between them.
 
 (docs/architecture.md, "A method folder", "Adding a method".) One job a module: `loading` gives
-the text-to-image base (SDXL or SD1.5) with its depth ControlNet, or tiny random ones;
-`keyframes` says which frames are keyframes, turns the render into the depth condition, and
-builds the guidance hooks of a window of keyframes; `inversion` is the DDIM inversion keeping
-every step's latent; `pipeline` is `I2V3DKeyframePipeline`. The LoRA trainer (`lora`, `train`)
-is separate: its output folder is read with ``options.lora``.
+the text-to-image base (SDXL or SD1.5) with its depth ControlNet, and SVD with the temporal
+depth ControlNet, or tiny random ones; `keyframes` says which frames are keyframes, turns the
+render into the depth condition, and builds the guidance hooks of a window of keyframes;
+`inversion` is the DDIM inversion keeping every step's latent; `pipeline` is
+`I2V3DKeyframePipeline` (§3.2); `interpolation` is `I2V3DInterpolationPipeline` (§3.3); the
+LoRA customisation (§3.2.1) is `lora`, `views` and `train` (``anima train i2v3d-lora``, or
+trained on the fly and cached: `train.cached_lora`).
 
 The registered method ``i2v3d`` (`I2V3DMethod`): ``prepare`` builds the motion at the scene
-size, sees the scene and the motion at the generation size (`Scene.resized`,
-`Animation.resized`) and renders the keyframes only (`anima.render.Renderer`): RGB, distance
-(the depth condition: near bright, per keyframe min-max), instance (foreground = object ids >
-0) and visibility. ``generate`` runs the pipeline with the spec's prompt and seed. With
-``stage = "keyframes"`` the output video is the keyframe sequence (frames 0, 15, 30, ...), its
-render the keyframes' render; ``controls.json`` lists the keyframe indices.
+size and takes the guidance render at the generation size (`anima.render_import.
+guidance_render`: anima's render, meshes included, or the spec's imported ``render`` folder):
+RGB, distance (the depth condition: near bright, per frame min-max), instance (foreground =
+object ids > 0) and visibility. ``generate`` makes the keyframes (frames 0, 15, 30, ... and,
+for the video, the last frame) with the spec's prompt and seed, then, with ``stage = "video"``
+(the default), interpolates every pair of consecutive keyframes over the render between them,
+so the video has the spec's length; ``stage = "keyframes"`` outputs the keyframes alone.
+``options.guidance`` scales feature injection and the depth ControlNets together (I2V3D §5:
+1 follows the render, 0.2 leaves more motion to the video model).
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ from anima.methods.i2v3d.keyframes import (
 from anima.methods.i2v3d.loading import (
     BASE_COMPONENTS,
     COMPONENTS,
+    INTERPOLATION_COMPONENTS,
     LORA_FILE,
     SDXL_VAE_FP16_FIX,
     Base,
     load_components,
+    load_interpolation,
 )
 from anima.methods.registry import register
-from anima.render import Renderer, RenderResult
+from anima.render_import import guidance_render
 from anima.sampling.steps import step_reporter
 from anima.scene import Scene, check_generation_size, generation_size
 from anima.spec import MotionSpec
@@ -73,14 +80,27 @@ class I2V3DOptions(BaseModel):
     block later, ``up_blocks.[123]`` and ``up_blocks.[12]``)."""
 
     model_config = ConfigDict(extra="forbid")
-    stage: Literal["keyframes"] = Field(
-        "keyframes", description="What to make: 'keyframes' (I2V3D §3.2) as the output video."
+    stage: Literal["video", "keyframes"] = Field(
+        "video",
+        description="What to make: 'video' (keyframes, then interpolation: the spec's length) "
+        "or 'keyframes' (I2V3D §3.2 alone, the keyframes as the output video).",
     )
     base: Base = Field("sdxl", description="Text-to-image base: 'sdxl' (release) or 'sd15'.")
-    lora: Path | None = Field(
-        None, description="A LoRA folder (pytorch_lora_weights.safetensors) for the base."
+    lora: Path | Literal["auto"] | None = Field(
+        "auto",
+        description="The LoRA customising the base to the image (I2V3D §3.2.1): 'auto' trains "
+        "it on the fly once per image and settings and keeps it in anima's cache; a folder "
+        "(pytorch_lora_weights.safetensors, e.g. from `anima train i2v3d-lora`); null: none.",
     )
+    lora_steps: int = Field(500, ge=1, description="Training steps of an 'auto' LoRA.")
     lora_scale: float = Field(1.0, ge=0.0, le=2.0, description="The LoRA's weight.")
+    guidance: float = Field(
+        1.0,
+        ge=0.0,
+        le=2.0,
+        description="Strength of the 3D guidance of the interpolation: multiplies its feature "
+        "injection and ControlNet scale (I2V3D §5: 1 follows the render, 0.2 more motion).",
+    )
     keyframe_every: int = Field(KEYFRAME_EVERY, ge=1, description="Frames between keyframes.")
     num_inference_steps: int = Field(50, ge=1, le=1000, description="DDIM steps (and inversion).")
     guidance_scale: float = Field(7.5, ge=0.0, le=30.0, description="Classifier-free guidance.")
@@ -116,6 +136,39 @@ class I2V3DOptions(BaseModel):
         description="Generation [H, W], multiples of 8; default: the scene size capped at the "
         "base's trained size (1024 SDXL, 512 SD1.5), rounded down to multiples of 8.",
     )
+    interpolation_steps: int = Field(25, ge=1, le=1000, description="SVD Euler steps.")
+    interpolation_guidance_scale: float = Field(
+        1.5, ge=0.0, le=30.0, description="SVD's classifier-free guidance (constant)."
+    )
+    interpolation_controlnet_scale: float = Field(
+        1.0, ge=0.0, le=2.0, description="Temporal depth ControlNet scale."
+    )
+    interpolation_injection: bool = Field(
+        True, description="Inverted-render feature injection during interpolation."
+    )
+    bidirectional: bool = Field(
+        True, description="Fuse the time-reversed pass conditioned on the next keyframe."
+    )
+    motion_bucket_id: int = Field(127, ge=0, le=1023, description="SVD motion conditioning.")
+    noise_aug_strength: float = Field(0.02, ge=0.0, le=1.0, description="SVD noise augmentation.")
+    fps_condition: int = Field(
+        30, ge=1, le=120, description="SVD's fps conditioning (the model receives fps - 1)."
+    )
+    anchor_keyframes: bool = Field(
+        True, description="Windows end exactly on their keyframes' latents."
+    )
+    release_clip_input: bool = Field(
+        False, description="Feed SVD's CLIP the unnormalised image, as the release does."
+    )
+    inversion_refinements: int = Field(
+        0, ge=0, le=50, description="Fixed-point iterations per SVD inversion step."
+    )
+    decode_chunk_size: int | None = Field(
+        None, ge=1, description="Frames the SVD VAE decodes at a time (default: a window)."
+    )
+    cpu_offload: bool = Field(
+        False, description="Keep only the running model on the accelerator (diffusers)."
+    )
 
     @field_validator("size")
     @classmethod
@@ -128,7 +181,7 @@ class I2V3DOptions(BaseModel):
             raise ValueError("overlap must be smaller than window")
         return self
 
-    def guidance(self) -> Guidance:
+    def keyframe_guidance(self) -> Guidance:
         return Guidance(
             enabled=self.injection,
             residual_fraction=self.residual_fraction,
@@ -144,14 +197,15 @@ class I2V3DOptions(BaseModel):
 
 @dataclass
 class I2V3DControls(Controls):
-    """The keyframes' render at the generation size (``render``: K frames) and what the
-    pipeline reads from it."""
+    """The guidance render of every frame at the generation size (``render``) and what the
+    pipelines read from it; ``keyframes`` the keyframe indices."""
 
     keyframes: list[int] = field(default_factory=list)
-    depth: torch.Tensor | None = None  # (K, 3, h, w) in [0, 1], near bright
-    foreground: torch.Tensor | None = None  # (K, h, w) bool
-    visible: torch.Tensor | None = None  # (K, h, w) bool
+    depth: torch.Tensor | None = None  # (F, 3, h, w) in [0, 1], near bright
+    foreground: torch.Tensor | None = None  # (F, h, w) bool
+    visible: torch.Tensor | None = None  # (F, h, w) bool
     size: tuple[int, int] = (0, 0)
+    lora: Path | None = None  # the LoRA folder the keyframes use
 
     def describe(self) -> str:
         """One line: the keyframes and the generation size."""
@@ -163,7 +217,7 @@ class I2V3DControls(Controls):
 
     def images(self) -> dict[str, torch.Tensor]:
         assert self.depth is not None
-        return {f"depth_{k:04d}": self.depth[i] for i, k in enumerate(self.keyframes)}
+        return {f"depth_{k:04d}": self.depth[k] for k in self.keyframes}
 
 
 @functools.lru_cache(maxsize=1)
@@ -175,15 +229,32 @@ def load_pipeline(weights: Weights, device: torch.device, dtype: torch.dtype, ba
     return I2V3DKeyframePipeline(**load_components(weights, dtype, base))
 
 
+@functools.lru_cache(maxsize=1)
+def load_interpolation_pipeline(weights: Weights, device: torch.device, dtype: torch.dtype):
+    """`I2V3DInterpolationPipeline` (`loading.load_interpolation`); the last one is kept."""
+    from anima.methods.i2v3d.interpolation import I2V3DInterpolationPipeline
+
+    return I2V3DInterpolationPipeline(**load_interpolation(weights, dtype))
+
+
 def lora_folder(spec: MotionSpec, options: I2V3DOptions) -> Path | None:
-    """``options.lora`` resolved against the spec file's directory (None: no LoRA)."""
-    return None if options.lora is None else spec.resolve(str(options.lora))
+    """``options.lora`` resolved against the spec file's directory (None: none or 'auto')."""
+    if options.lora is None or options.lora == "auto":
+        return None
+    return spec.resolve(str(options.lora))
+
+
+def video_keyframes(num_frames: int, every: int) -> list[int]:
+    """The keyframes of a whole video: every ``every`` frames from 0, and the last frame, so
+    that interpolation windows cover the clip (I2V3D §3.3)."""
+    keys = keyframe_indices(num_frames, every)
+    return keys if keys[-1] == num_frames - 1 else [*keys, num_frames - 1]
 
 
 @register
 class I2V3DMethod(Method):
     name = "i2v3d"
-    summary = "I2V3D: keyframes by SDXL/SD1.5 + depth ControlNet, inverted render injected"
+    summary = "I2V3D: SDXL/SD1.5 keyframes from the render, SVD interpolation between them"
     components = COMPONENTS
     builtin_weights = ("tiny",)
     options_model = I2V3DOptions
@@ -191,17 +262,12 @@ class I2V3DMethod(Method):
     @classmethod
     def used_components(cls, options: BaseModel | None = None) -> tuple[Component, ...]:
         """The base's folder and its depth ControlNet (``options.base``; SDXL by default),
-        with SDXL's fp16-fix VAE where present."""
-        base = options.base if isinstance(options, I2V3DOptions) else "sdxl"
-        extra = (SDXL_VAE_FP16_FIX,) if base == "sdxl" else ()
-        return BASE_COMPONENTS[base] + extra
-
-    @classmethod
-    def required_components(cls, options: BaseModel | None = None) -> tuple[Component, ...]:
-        """``DIR/sdxl`` + ``DIR/controlnet-depth-sdxl``, or ``DIR/sd15`` +
-        ``DIR/controlnet-depth-sd15`` with ``options.base = "sd15"``."""
-        base = options.base if isinstance(options, I2V3DOptions) else "sdxl"
-        return BASE_COMPONENTS[base]
+        with SDXL's fp16-fix VAE where present, and for the whole video SVD and the temporal
+        depth ControlNet."""
+        options = options if isinstance(options, I2V3DOptions) else I2V3DOptions()
+        extra = (SDXL_VAE_FP16_FIX,) if options.base == "sdxl" else ()
+        video = INTERPOLATION_COMPONENTS if options.stage == "video" else ()
+        return BASE_COMPONENTS[options.base] + extra + video
 
     @classmethod
     def weight_variants(cls) -> dict[str, BaseModel]:
@@ -210,35 +276,43 @@ class I2V3DMethod(Method):
 
     @classmethod
     def describe_weights(cls, weights: Weights) -> str | None:
-        """What ``anima weights check i2v3d`` adds: each component (per base) with whether it
-        is present, and the depth condition the ControlNets are fed."""
-        note = "depth condition: near bright, min-max per keyframe, 3 channels in [0, 1]"
+        """What ``anima weights check i2v3d`` adds: each component (per base, and the
+        interpolation's) with whether it is present, and the depth condition fed."""
+        note = "depth condition: near bright, min-max per frame, 3 channels"
         parts = []
-        for base, needed in BASE_COMPONENTS.items():
+        for base in BASE_COMPONENTS:
             listed = []
-            for component in (*needed, *cls.used_components(I2V3DOptions(base=base))):
-                if any(component is seen for seen, _ in listed):
-                    continue
+            for component in cls.used_components(I2V3DOptions(base=base)):
                 state = ""
                 if weights.root is not None:
                     state = " present" if component.present(weights.root) else " absent"
-                optional = " (optional)" if component not in needed else ""
-                listed.append((component, f"{component.subdir}/{optional}{state}"))
-            parts.append(f"base {base}: " + ", ".join(text for _, text in listed))
+                optional = " (optional)" if component.optional else ""
+                listed.append(f"{component.subdir}/{optional}{state}")
+            parts.append(f"base {base}: " + ", ".join(listed))
         return "; ".join([*parts, note])
 
     @classmethod
     def check_inputs(cls, spec: MotionSpec, options: BaseModel) -> None:
         """The LoRA folder (relative to the spec file) holds
-        ``pytorch_lora_weights.safetensors``; whether it fits the base is checked against the
-        UNet when it is loaded."""
+        ``pytorch_lora_weights.safetensors`` (whether it fits the base is checked against the
+        UNet when it is loaded); a whole video spans at least one keyframe interval."""
         assert isinstance(options, I2V3DOptions)
         folder = lora_folder(spec, options)
         if folder is not None and not (folder / LORA_FILE).is_file():
             raise InputError(f"LoRA: {LORA_FILE} not found", f"options.lora ({folder})")
+        if options.stage == "video" and spec.num_frames < options.keyframe_every + 1:
+            raise InputError(
+                f"a video needs at least keyframe_every + 1 = {options.keyframe_every + 1} "
+                f"frames (two keyframes), got {spec.num_frames}; lower options.keyframe_every "
+                "or use options.stage 'keyframes'",
+                "num_frames",
+            )
 
     def load(self):
-        """The base pipeline (cached: loading again with the same weights is free)."""
+        """The keyframe pipeline, and the interpolation's for a video (cached: loading again
+        with the same weights is free)."""
+        if self.options.stage == "video":
+            load_interpolation_pipeline(self.weights, self.device, self.dtype)
         return load_pipeline(self.weights, self.device, self.dtype, self.options.base)
 
     def generation_size(self, scene: Scene) -> tuple[int, int]:
@@ -250,11 +324,19 @@ class I2V3DMethod(Method):
         return generation_size(scene.size, max_side, MIN_SIDE)
 
     def prepare(self, spec: MotionSpec, scene: Scene) -> I2V3DControls:
+        options = self.options
         size = self.generation_size(scene)
-        keyframes = keyframe_indices(spec.num_frames, self.options.keyframe_every)
-        animation = build_animation(spec, scene).resized(size)
-        renderer = Renderer(scene.resized(size), animation)
-        result = RenderResult.stack(renderer.frame(k) for k in keyframes)
+        if options.stage == "video":
+            keyframes = video_keyframes(spec.num_frames, options.keyframe_every)
+        else:
+            keyframes = keyframe_indices(spec.num_frames, options.keyframe_every)
+        result = guidance_render(spec, scene, build_animation(spec, scene), size)
+        lora = lora_folder(spec, options)
+        if options.lora == "auto":
+            from anima.methods.i2v3d.train import cached_lora
+
+            self.report("i2v3d: customising the base to the image (LoRA, cached)")
+            lora = cached_lora(spec, scene, self.weights, options.base, options.lora_steps)
         return I2V3DControls(
             spec,
             scene,
@@ -264,14 +346,25 @@ class I2V3DMethod(Method):
             result.instance > 0,
             result.visible,
             size,
+            lora,
         )
 
     def generate(self, controls: Controls) -> torch.Tensor:
-        assert isinstance(controls, I2V3DControls) and controls.render is not None
+        assert isinstance(controls, I2V3DControls)
+        keyframes = self.generate_keyframes(controls)
+        if self.options.stage == "keyframes":
+            return keyframes
+        return self.interpolate(controls, keyframes)
+
+    def generate_keyframes(self, controls: I2V3DControls) -> torch.Tensor:
+        """(K, 3, h, w) keyframes (I2V3D §3.2) at ``controls.keyframes``."""
+        assert controls.render is not None
         assert controls.foreground is not None and controls.visible is not None
+        assert controls.depth is not None
         options, spec = self.options, controls.spec
+        keys = controls.keyframes
         pipe = self.load()
-        pipe.use_lora(lora_folder(spec, options), options.lora_scale)
+        pipe.use_lora(controls.lora, options.lora_scale)
         pipe.set_progress_bar_config(disable=True)  # progress goes through self.report
         pipe.to(self.device)
         negative = options.negative_prompt
@@ -280,20 +373,69 @@ class I2V3DMethod(Method):
         steps = options.num_inference_steps
         self.report(f"i2v3d: {controls.describe()}")
         frames = pipe(
-            controls.render.rgb,
-            controls.depth,
-            controls.foreground,
-            controls.visible,
+            controls.render.rgb[keys],
+            controls.depth[keys],
+            controls.foreground[keys],
+            controls.visible[keys],
             spec.prompt,
             negative,
             num_inference_steps=steps,
             guidance_scale=options.guidance_scale,
             controlnet_conditioning_scale=options.controlnet_scale,
-            guidance=options.guidance(),
+            guidance=options.keyframe_guidance(),
             generator=torch.Generator(device="cpu").manual_seed(spec.seed),
-            callback_on_step_end=step_reporter(self.report, self.name, steps),
+            callback_on_step_end=step_reporter(self.report, "i2v3d keyframes", steps),
         )
         return frames.float().cpu()  # generation size; `stream` resizes to the scene
+
+    def interpolate(self, controls: I2V3DControls, keyframes: torch.Tensor) -> torch.Tensor:
+        """The whole video (F, 3, h, w): each pair of consecutive keyframes and the render
+        between them through `I2V3DInterpolationPipeline` (I2V3D §3.3), windows sharing their
+        keyframes."""
+        from anima.methods.i2v3d.interpolation import InterpolationGuidance, Segment
+
+        assert controls.render is not None and controls.depth is not None
+        assert controls.visible is not None
+        options, keys = self.options, controls.keyframes
+        pipe = load_interpolation_pipeline(self.weights, self.device, self.dtype)
+        pipe.set_progress_bar_config(disable=True)
+        if options.cpu_offload and self.device.type != "cpu":
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        strength = options.guidance
+        guidance = InterpolationGuidance(options.interpolation_injection, strength=strength)
+        generator = torch.Generator(device="cpu").manual_seed(controls.spec.seed)
+        video = []
+        windows = list(zip(keys[:-1], keys[1:], strict=True))
+        for index, (first, last) in enumerate(windows):
+            self.report(f"i2v3d: interpolating frames {first}-{last} ({index + 1}/{len(windows)})")
+            span = slice(first, last + 1)
+            segment = Segment(
+                controls.render.rgb[span],
+                controls.depth[span] * 2 - 1,  # the temporal ControlNet reads [-1, 1]
+                controls.visible[span],
+            )
+            frames = pipe(
+                keyframes[index],
+                keyframes[index + 1],
+                segment,
+                num_inference_steps=options.interpolation_steps,
+                guidance_scale=options.interpolation_guidance_scale,
+                fps=options.fps_condition,
+                motion_bucket_id=options.motion_bucket_id,
+                noise_aug_strength=options.noise_aug_strength,
+                controlnet_conditioning_scale=options.interpolation_controlnet_scale * strength,
+                guidance=guidance,
+                bidirectional=options.bidirectional,
+                anchor_keyframes=options.anchor_keyframes,
+                release_clip_input=options.release_clip_input,
+                inversion_refinements=options.inversion_refinements,
+                decode_chunk_size=options.decode_chunk_size,
+                generator=generator,
+            )
+            video.append(frames[1 if index else 0 :].float().cpu())  # shared keyframes once
+        return torch.cat(video)
 
 
 __all__ = [

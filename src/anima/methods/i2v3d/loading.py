@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from anima.errors import InputError
-from anima.weights import Component, Weights
+from anima.weights import SD15, SVD, Component, Weights
 
 if TYPE_CHECKING:
     from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
@@ -49,7 +49,6 @@ SDXL = Component(
     "sdxl",
     "SDXL base in diffusers layout (unet, vae, text_encoder(_2), tokenizer(_2))",
     required_files=("model_index.json",),
-    optional=True,
 )
 SDXL_VAE_FP16_FIX = Component(
     "SDXL VAE fp16-fix",
@@ -61,23 +60,29 @@ CONTROLNET_DEPTH_SDXL = Component(
     "SDXL depth ControlNet",
     "controlnet-depth-sdxl",
     "controlnet-depth-sdxl-1.0 in diffusers layout",
-    optional=True,
-)
-SD15 = Component(
-    "Stable Diffusion 1.5",
-    "sd15",
-    "SD1.5 in diffusers layout (unet, vae, text_encoder, tokenizer)",
-    required_files=("model_index.json",),
-    optional=True,
 )
 CONTROLNET_DEPTH_SD15 = Component(
     "SD1.5 depth ControlNet",
     "controlnet-depth-sd15",
     "an SD1.5 depth ControlNet (e.g. control_v11f1p_sd15_depth) in diffusers layout",
-    optional=True,
 )
-#: Everything the keyframe stage may read; which it needs depends on ``base``.
-COMPONENTS = (SDXL, SDXL_VAE_FP16_FIX, CONTROLNET_DEPTH_SDXL, SD15, CONTROLNET_DEPTH_SD15)
+TEMPORAL_DEPTH_CONTROLNET = Component(
+    "temporal depth ControlNet",
+    "temporal-depth-controlnet",
+    "an SVD ControlNet on depth (the community temporal-controlnet-depth-svd-v1, as downloaded "
+    "or converted with `anima weights convert levitor`)",
+)
+#: What the interpolation stage reads (I2V3D §3.3): SVD img2vid and its depth ControlNet.
+INTERPOLATION_COMPONENTS = (SVD, TEMPORAL_DEPTH_CONTROLNET)
+#: Everything the method may read; which it needs depends on ``base`` and ``stage``.
+COMPONENTS = (
+    SDXL,
+    SDXL_VAE_FP16_FIX,
+    CONTROLNET_DEPTH_SDXL,
+    SD15,
+    CONTROLNET_DEPTH_SD15,
+    *INTERPOLATION_COMPONENTS,
+)
 #: The components each base needs (the fp16-fix VAE is read when present).
 BASE_COMPONENTS: dict[str, tuple[Component, ...]] = {
     "sdxl": (SDXL, CONTROLNET_DEPTH_SDXL),
@@ -242,3 +247,25 @@ def load_components(weights: Weights, dtype: torch.dtype, base: Base) -> dict[st
     return load_base(weights, dtype, base) | {
         "controlnet": load_depth_controlnet(weights, dtype, base)
     }
+
+
+def load_interpolation(weights: Weights, dtype: torch.dtype) -> dict[str, Any]:
+    """The keyword arguments of `anima.methods.i2v3d.interpolation.I2V3DInterpolationPipeline`:
+    SVD from ``DIR/svd`` and the temporal depth ControlNet from
+    ``DIR/temporal-depth-controlnet`` (its config says whether it adds each skip residual once
+    per later block, as the community checkpoint was trained: `anima.models.loading`), or tiny
+    random models with ``--weights tiny`` (the ControlNet's zero convs random, so depth
+    matters)."""
+    if weights.builtin == "tiny":
+        from anima.models.tiny import tiny_controlnet, tiny_svd_components
+
+        parts = tiny_svd_components(seed=0)
+        parts["controlnet"] = tiny_controlnet(parts["unet"], seed=0, random_output=True)
+        return _cast(parts, dtype)
+    from anima.models.loading import load_svd_components, load_svd_controlnet
+
+    parts = load_svd_components(weights.require(SVD, "i2v3d"), weights.allow_pickle, dtype)
+    folder = weights.require(TEMPORAL_DEPTH_CONTROLNET, "i2v3d")
+    kind = TEMPORAL_DEPTH_CONTROLNET.name
+    parts["controlnet"] = load_svd_controlnet(folder, weights.allow_pickle, dtype, kind)
+    return parts

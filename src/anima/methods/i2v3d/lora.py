@@ -35,19 +35,17 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from anima.errors import InputError
+from anima.methods.i2v3d.loading import LORA_FILE, Base
 from anima.training import write_json
 
-Base = Literal["sdxl", "sd15"]
 #: The UNet layers the LoRA adapts (I2V3D §3.2.1; the release's list).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
-#: diffusers' default LoRA weight file name (``save_lora_weights`` / ``load_lora_weights``).
-LORA_FILE = "pytorch_lora_weights.safetensors"
 #: The record beside it (`LoraInfo`).
 INFO_FILE = "i2v3d_lora.json"
 INFO_FORMAT = 1

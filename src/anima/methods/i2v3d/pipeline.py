@@ -65,6 +65,7 @@ from anima.methods.i2v3d.keyframes import (
     start_latents,
 )
 from anima.methods.i2v3d.loading import LORA_FILE
+from anima.methods.i2v3d.lora import check_lora, read_lora_info
 from anima.sampling.steps import StepCallback, after_step, guided
 from anima.sampling.windows import sliding_windows, windowed_prediction
 
@@ -170,6 +171,8 @@ class I2V3DKeyframePipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin)
         folder = Path(folder)
         if not (folder / LORA_FILE).is_file():
             raise InputError(f"LoRA: {LORA_FILE} not found", f"in {folder}")
+        if read_lora_info(folder) is not None:  # trained by anima: its record names the base
+            check_lora(folder, self.base)
         try:
             state = self.lora_state_dict(
                 str(folder), weight_name=LORA_FILE, unet_config=self.unet.config

@@ -226,15 +226,19 @@ def _chosen_object(spec: Any, object_id: int | None) -> Any:
     return (moved or spec.objects)[0]
 
 
-def resolve_inputs(config: LoraTrainConfig, weights: Weights) -> LoraInputs:
+def resolve_inputs(
+    config: LoraTrainConfig, weights: Weights, spec: Any = None, scene: Any = None
+) -> LoraInputs:
     """Read and check everything a run needs besides the models (`InputError`s name the
     option): the image (a SPEC's or ``--image``), the views (a folder, or ``auto`` rendered
-    from the SPEC's scene) and the prompts."""
+    from the SPEC's scene) and the prompts. ``spec`` (a `MotionSpec`) and its ``scene``, when
+    the caller has them (the method), stand for ``config.spec``."""
     from anima.spec import load_spec
 
-    if (config.spec is None) == (config.image is None):
-        raise InputError("give either a SPEC or --image, not both", "SPEC/--image")
-    spec = load_spec(config.spec) if config.spec is not None else None
+    if spec is None:
+        if (config.spec is None) == (config.image is None):
+            raise InputError("give either a SPEC or --image, not both", "SPEC/--image")
+        spec = load_spec(config.spec) if config.spec is not None else None
     if spec is not None:
         image_path = spec.resolve(spec.image)
         where = "spec.image"
@@ -248,7 +252,7 @@ def resolve_inputs(config: LoraTrainConfig, weights: Weights) -> LoraInputs:
             raise InputError("'auto' views turn a spec's object: give a SPEC with one", "--views")
         from anima.scene import build_scene
 
-        scene = build_scene(spec, weights)
+        scene = scene if scene is not None else build_scene(spec, weights)
         views = render_views(spec, scene, obj.id, config.resolution, tuple(config.auto_angles))
     else:
         views = [resized_view(v, config.resolution) for v in read_view_folder(Path(config.views))]
@@ -623,7 +627,35 @@ def train_lora(
     )
 
 
+def cached_lora(
+    spec: Any,
+    scene: Any,
+    weights: Weights,
+    base: Base,
+    steps: int = 500,
+    on_progress: ProgressCallback | None = None,
+) -> Path:
+    """The LoRA folder for ``spec``'s image (I2V3D §3.2.1, with ``auto`` views and the
+    paper's prompts): trained once and kept in anima's cache (`anima.cache`) under a key of
+    everything it was trained on and with, so the next run on the same image and settings
+    reuses it, and an interrupted one resumes from its last checkpoint."""
+    import hashlib
+    import json
+
+    from anima.cache import cache_dir
+
+    draft = LoraTrainConfig(out=cache_dir("i2v3d-lora"), base=base, steps=steps, quiet=True)
+    inputs = resolve_inputs(draft, weights, spec, scene)
+    record = json.dumps(run_record(draft, inputs, weights) | {"base": base}, sort_keys=True)
+    key = hashlib.sha256(record.encode()).hexdigest()[:16]
+    out = cache_dir("i2v3d-lora", f"{base}-{key}")
+    resume = "latest" if list_checkpoints(out) else None
+    config = draft.model_copy(update={"out": out, "resume": resume})
+    return train_lora(config, weights, on_progress, inputs).lora_file.parent
+
+
 __all__ = [
+    "cached_lora",
     "AUTO",
     "LoraData",
     "LoraInputs",

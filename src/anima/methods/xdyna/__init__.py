@@ -69,14 +69,8 @@ from anima.methods.xdyna.pose_map import pose_maps, skeleton_maps, skeleton_vide
 from anima.sampling.steps import step_reporter
 from anima.scene import Scene, check_generation_size, generation_size
 from anima.spec import MotionSpec, PoseDrive
-from anima.weights import Component, Weights
+from anima.weights import SD15, Component, Weights
 
-SD15 = Component(
-    "Stable Diffusion 1.5",
-    "sd15",
-    "SD1.5 in diffusers layout",
-    required_files=("model_index.json",),
-)
 MOTION_ADAPTER = Component("AnimateDiff motion adapter", "motion-adapter", "AnimateDiff v1 modules")
 XDYNA_ADAPTER = Component("X-Dyna Dynamics-Adapter", "xdyna/adapter", "reference attention")
 XDYNA_POSE = Component("X-Dyna pose ControlNet", "xdyna/pose_controlnet", "pose ControlNet")
