@@ -23,10 +23,21 @@ guided denoising step of one keyframe (batch 3: source, uncond, cond; ControlNet
 the hooks), timed after a warm-up, with the process's peak RSS during it (``VmHWM``, reset
 through ``/proc/self/clear_refs``; Linux).
 
+Interpolation (I2V3D §3.3, always run): the method's interpolation stage
+(`I2V3DMethod.interpolate`: windows of 16 frames sharing their keyframes) with the tiny random
+SVD and temporal depth ControlNet (``--weights tiny``) at 64x64, the release's 25 steps, on a
+16-frame and a 61-frame clip (1 and 4 windows): ``per_frame_ratio`` is the 61-frame run's time
+per output frame over the 16-frame run's (the method is linear in length: 4 windows make 61
+frames, so the ideal is 16 x 4 / 61 = 1.05).
+
+Full-size interpolation step (``--full-svd``, minutes and about 20 GB on a CPU): SVD-xt's UNet
+config and a temporal ControlNet made from it, random weights, float32, one branch of one
+interpolation pass at 576x1024 over 16 frames (ControlNet + UNet), with peak RSS.
+
 Prints one JSON object on its last line.
 
     python benchmarks/i2v3d.py [--repeats 3] [--steps 20] [--size 128] [--keyframes 4]
-    python benchmarks/i2v3d.py --full [--threads N]
+    python benchmarks/i2v3d.py --full [--full-svd] [--threads N]
 """
 
 from __future__ import annotations
@@ -268,6 +279,101 @@ def full_size() -> dict[str, Any]:
     }
 
 
+def interpolation_run(frames: int, steps: int) -> float:
+    """Seconds of `I2V3DMethod.interpolate` over ``frames`` frames at 64x64 (tiny models)."""
+    from anima.methods.i2v3d import I2V3DControls, I2V3DMethod, I2V3DOptions, video_keyframes
+    from anima.render import RenderResult
+    from anima.spec import MotionSpec
+    from anima.weights import Weights
+
+    size = (64, 64)
+    options = I2V3DOptions(interpolation_steps=steps, lora=None)
+    method = I2V3DMethod(options, Weights(builtin="tiny"), torch.device("cpu"), torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    distance = 3 + torch.rand(frames, *size, generator=generator)
+    render = RenderResult(
+        torch.rand(frames, 3, *size, generator=generator),
+        distance,
+        torch.zeros(frames, *size, dtype=torch.int64),
+        torch.rand(frames, *size, generator=generator) > 0.2,
+    )
+    spec = MotionSpec.model_validate({"version": 1, "image": "x.png", "num_frames": frames})
+    keys = video_keyframes(frames, options.keyframe_every)
+    controls = I2V3DControls(
+        spec,
+        None,
+        render,
+        keys,
+        depth_condition(distance),
+        render.instance > 0,
+        render.visible,
+        size,
+    )
+    keyframes = torch.rand(len(keys), 3, *size, generator=generator)
+    with torch.no_grad():
+        method.interpolate(controls, keyframes)  # warm-up (loads the pipeline)
+        wall, _cpu, video = timed(lambda: method.interpolate(controls, keyframes))
+    assert video.shape[0] == frames
+    return wall
+
+
+def interpolation(args: argparse.Namespace) -> dict[str, Any]:
+    runs = {
+        frames: statistics.median(
+            interpolation_run(frames, args.interpolation_steps) for _ in range(args.repeats)
+        )
+        for frames in (16, 61)
+    }
+    per_frame = {frames: seconds / frames for frames, seconds in runs.items()}
+    return {
+        "interpolation_steps": args.interpolation_steps,
+        "interpolation_16_s": runs[16],
+        "interpolation_61_s": runs[61],
+        "per_frame_ratio": per_frame[61] / per_frame[16],
+    }
+
+
+def full_svd_step() -> dict[str, Any]:
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from anima.models.svd import SVD_XT_UNET_CONFIG
+    from anima.models.svd_controlnet import SVDControlNetModel
+    from anima.models.unet_residuals import unet_residuals
+
+    frames, (height, width) = 16, FULL_SIZE
+    with seeded(0):
+        unet = UNetSpatioTemporalConditionModel(**SVD_XT_UNET_CONFIG).eval()
+        controlnet = SVDControlNetModel.from_unet(unet).eval()
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, frames, 8, height // 8, width // 8, generator=generator)
+    embedding = torch.randn(1, 1, 1024, generator=generator)
+    time_ids = torch.tensor([[29.0, 127.0, 0.02]])
+    control = torch.rand(1, frames, 3, height, width, generator=generator) * 2 - 1
+    t = torch.tensor(1.0)
+
+    def step() -> torch.Tensor:
+        down, mid = controlnet(
+            sample,
+            t,
+            encoder_hidden_states=embedding,
+            added_time_ids=time_ids,
+            controlnet_cond=control,
+        )
+        with unet_residuals(unet, down, mid):
+            return unet(sample, t, encoder_hidden_states=embedding, added_time_ids=time_ids)[0]
+
+    with torch.no_grad():
+        gc.collect()
+        reset_peak_rss()
+        wall, cpu, _ = timed(step)
+    return {
+        "svd_frames": frames,
+        "svd_step_s": wall,
+        "svd_step_cpu_s": cpu,
+        "svd_step_peak_rss_gib": peak_rss_gib(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -276,6 +382,10 @@ def main() -> None:
     parser.add_argument("--keyframes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--full", action="store_true", help="also the full-size SDXL step")
+    parser.add_argument("--interpolation-steps", type=int, default=25)
+    parser.add_argument(
+        "--full-svd", action="store_true", help="also a full-size SVD + ControlNet step"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -291,8 +401,17 @@ def main() -> None:
         f"{results['plain_per_keyframe_s']:.3f}s plain (ratio {results['ratio']:.2f})",
         file=sys.stderr,
     )
+    results |= interpolation(args)
+    print(
+        f"interpolation: {results['interpolation_16_s']:.2f}s for 16 frames, "
+        f"{results['interpolation_61_s']:.2f}s for 61 (per-frame ratio "
+        f"{results['per_frame_ratio']:.3f})",
+        file=sys.stderr,
+    )
     if args.full:
         results |= full_size()
+    if args.full_svd:
+        results |= full_svd_step()
     print(json.dumps(results))
 
 
