@@ -59,6 +59,21 @@ CASES = {
         },
     ),
     "coarse": ("astronaut_behind.json", {"num_frames": 4, "method": "coarse"}),
+    "i2v3d": (
+        "shuttle_turn.json",
+        {
+            "num_frames": 5,
+            "options": {
+                "base": "sdxl",
+                "lora": "auto",
+                "lora_steps": 2,
+                "keyframe_every": 4,
+                "num_inference_steps": 2,
+                "interpolation_steps": 2,
+                "size": [32, 48],
+            },
+        },
+    ),
     "levitor": (
         "astronaut_behind.json",
         {
@@ -77,7 +92,10 @@ CASES = {
 @pytest.mark.device
 @pytest.mark.parametrize(("device", "dtype"), _accelerators())
 @pytest.mark.parametrize("method", sorted(CASES))
-def test_tiny_path_runs_on_the_accelerator(tmp_path: Path, method: str, device: str, dtype: str):
+def test_tiny_path_runs_on_the_accelerator(
+    tmp_path: Path, monkeypatch, method: str, device: str, dtype: str
+):
+    monkeypatch.setenv("ANIMA_CACHE", str(tmp_path / "cache"))  # I2V3D's LoRA, trained here
     example, changes = CASES[method]
     weights = Weights(builtin="tiny")
     spec = resolve_spec(load_spec(_spec(tmp_path, example, **changes)), weights=weights)

@@ -181,7 +181,7 @@ def check_lora(folder: Path, base: Base, image_sha256: str | None = None) -> dic
 
 
 @contextmanager
-def _quiet_text_encoder_notes() -> Iterator[None]:
+def quiet_text_encoder_notes() -> Iterator[None]:
     """diffusers notes, on every load of a UNet-only LoRA, that the file has no text-encoder
     layers: true of every I2V3D LoRA and nothing for the user to act on."""
 
@@ -206,6 +206,6 @@ def load_lora(
     """Check the LoRA in ``folder`` (`check_lora`) and load it into ``pipe`` with diffusers'
     ``load_lora_weights``; returns its record."""
     info = check_lora(folder, base, image_sha256)
-    with _quiet_text_encoder_notes():
+    with quiet_text_encoder_notes():
         pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=adapter_name)
     return info

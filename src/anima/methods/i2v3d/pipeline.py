@@ -65,7 +65,7 @@ from anima.methods.i2v3d.keyframes import (
     start_latents,
 )
 from anima.methods.i2v3d.loading import LORA_FILE
-from anima.methods.i2v3d.lora import check_lora, read_lora_info
+from anima.methods.i2v3d.lora import check_lora, quiet_text_encoder_notes, read_lora_info
 from anima.sampling.steps import StepCallback, after_step, guided
 from anima.sampling.windows import sliding_windows, windowed_prediction
 
@@ -181,7 +181,8 @@ class I2V3DKeyframePipeline(DiffusionPipeline, StableDiffusionXLLoraLoaderMixin)
             raise InputError(f"cannot read the LoRA ({error})", str(folder)) from error
         check_lora_fits(state, self.unet, self.base, folder)
         try:
-            self.load_lora_weights(dict(state), adapter_name=LORA_ADAPTER)
+            with quiet_text_encoder_notes():
+                self.load_lora_weights(dict(state), adapter_name=LORA_ADAPTER)
         except (ValueError, KeyError, RuntimeError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise InputError(f"cannot load the LoRA ({reason})", str(folder)) from error
