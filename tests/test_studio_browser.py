@@ -429,3 +429,44 @@ def test_a_box_and_query_points_for_anyi2v(page, tmp_path):
     assert abs(x - 200) <= 2 and abs(y - 120) <= 2
     no_error_page(page)
     save_screenshot(page, tmp_path, "studio-anyi2v-box.png")
+
+
+def test_a_turn_over_the_path_and_a_rotation_typed_in(page, tmp_path):
+    choose_files(page, "#upload", CAT)
+    wait_status(page, "photo chelsea.png")
+    assert page.locator("#yaw input").is_disabled()  # no path point yet
+    assert "click a path point first" in page.inner_text("#rotation-info")
+    click_photo(page, 180, 130)
+    wait_status(page, "object 1 selected")
+    page.click("#turn")  # no path to turn along yet
+    wait_status(page, "needs a path of two points or more")
+    set_mode(page, "Path point")
+    for i, (x, y) in enumerate([(180, 130), (300, 100)]):
+        click_photo(page, x, y)
+        wait_status(page, f"path point {i + 1} of object 1")
+    page.click("#turn")  # 180 about yaw, the defaults
+    wait_status(page, "object 1 turns 180° about yaw over its 2 path points")
+    # the last point is selected: its fields show the turn
+    page.wait_for_function("document.querySelector('#yaw input').value === '180'")
+    assert "Rotation of path point 2 of object 1" in page.inner_text("#rotation-info")
+    box = page.locator("#roll input")
+    box.fill("800")  # out of range: a message, nothing changes
+    box.blur()
+    wait_status(page, "a roll angle must be -720..720 degrees, got 800")
+    box.fill("-30")
+    box.blur()
+    wait_status(page, "path point 2 of object 1: rotation yaw 180°, roll -30°")
+    page.get_by_text("MotionSpec").click()
+    page.wait_for_function("document.querySelector('#spec')?.innerText.includes('-30')")
+    # the code view renders only the lines in view: the whole spec is the downloaded one
+    assert '"rotation": [' in page.inner_text("#spec")
+    saved = download(page, "chelsea.json", tmp_path)
+    (obj,) = json.loads(saved.read_text())["objects"]
+    first, last = obj["trajectory"]
+    assert "rotation" not in first and last["rotation"] == [0.0, 180.0, -30.0]
+    page.click("#preview")  # the coarse render turns the object
+    assert "preview: 16 frames, 451x300" in wait_status(page, "preview:")
+    page.wait_for_selector("#preview-video video")
+    no_error_page(page)
+    shots = save_screenshot(page, tmp_path, "studio-rotation.png")
+    assert all(p.stat().st_size > 10_000 for p in shots)

@@ -10,9 +10,11 @@ shown as one line.
 Layout, after LeviTor's interface (LeviTor, "3D Trajectory Oriented Image-to-Video Synthesis",
 Fig. 4): a photo upload; the photo with masks and
 paths (click it to select objects and to draw their paths) next to its depth map; the depth
-slider of the path point being edited, showing the depth already under that point; camera
-presets; clip settings; preview (coarse, with LeviTor's control points), generation with any
-method whose weights are present, and the downloads (spec, photo, video).
+slider of the path point being edited, showing the depth already under that point, and that
+point's rotation (pitch, yaw, roll), with a button turning the object evenly over its path (a
+turn like I2V3D's Fig. 1); camera presets; clip settings; preview (coarse, with LeviTor's
+control points), generation with any method whose weights are present, and the downloads
+(spec, photo, video).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from anima.scene import Scene
 from anima.studio import draw, runs, state
 from anima.studio.methods import method_status, method_statuses, ready_variant
 from anima.studio.perception import Perception, distance_range
-from anima.studio.state import Draft
+from anima.studio.state import ROTATION_AXES, Draft
 from anima.studio.workspace import Workspace
 from anima.weights import Weights
 
@@ -41,6 +43,11 @@ SELECT, REFINE, POLYGON, PATH = "Select object", "Add to selection", "Polygon co
 BOX, QUERY = "Box corners", "Query point (AnyI2V)"
 MODES = (SELECT, REFINE, POLYGON, BOX, PATH, QUERY)
 DEPTH_MIN = 0.05
+ROTATION_HELP = (
+    "degrees: pitch tips its top towards you, yaw turns its right side towards you (about the "
+    "vertical), roll turns it clockwise; it turns smoothly between path points"
+)
+NO_ROTATION = "**Rotation**: click a path point first (mode 'Path point')"
 EDIT_QUEUE = "edit"  # edits run one at a time, in the order they were made
 
 HELP = """\
@@ -48,8 +55,10 @@ HELP = """\
 selection* grows it), or outline it exactly: click its corners with *Polygon corner*, then *Close
 polygon*, or box it: two opposite corners with *Box corners*. **3.** With *Path point*, click
 where it goes: the first point on the object, then along its path. Each point starts at the
-depth already under it; move the *Depth* slider to bring it nearer or send it farther. For
-AnyI2V, *Query point* clicks say which pixels of the box are the object.
+depth already under it; move the *Depth* slider to bring it nearer or send it farther.
+*Rotation* turns the object at the selected point (degrees; it turns smoothly between points);
+*Turn over the path* turns it evenly from the first point to the last (180 about yaw: it shows
+its back). For AnyI2V, *Query point* clicks say which pixels of the box are the object.
 **4.** *Preview*, then *Generate* and download the video and the spec (`anima animate SPEC.json`
 renders it again).
 """
@@ -90,6 +99,7 @@ class StudioApp:
                 c["objects"]: gr.Dropdown(choices=[], value=None),
                 c["points"]: gr.Dropdown(choices=[], value=None),
                 c["slider"]: gr.Slider(interactive=False, info="click a path point first"),
+                **self._rotation_view(None),
                 c["downloads"]: None,
             }
         scene = self._scene(draft)
@@ -128,6 +138,7 @@ class StudioApp:
                 info="click a path point first (mode 'Path point')",
             )
         return {
+            **self._rotation_view(draft),
             c["canvas"]: canvas,
             c["depth"]: draw.depth_colours(scene.distance),
             c["spec"]: state.to_json(draft),
@@ -146,6 +157,25 @@ class StudioApp:
                 interactive=method_status(spec["method"] or "coarse", self.weights).ready
             ),
         }
+
+    def _rotation_view(self, draft: Draft | None) -> dict[str, Any]:
+        """The rotation fields: the selected path point's angles, or disabled with a line
+        saying what to click."""
+        c = self.components
+        path = draft.path if draft is not None else []
+        if draft is None or draft.keyframe is None or draft.keyframe >= len(path):
+            fields = {c[axis]: gr.Number(value=0, interactive=False) for axis in ROTATION_AXES}
+            return {**fields, c["rotation_info"]: NO_ROTATION}
+        angles = state.rotation_of(path[draft.keyframe])
+        fields = {
+            c[axis]: gr.Number(value=angle, interactive=True)
+            for axis, angle in zip(ROTATION_AXES, angles, strict=True)
+        }
+        info = (
+            f"**Rotation of path point {draft.keyframe + 1} of object {draft.active}**, "
+            + ROTATION_HELP
+        )
+        return {**fields, c["rotation_info"]: info}
 
     def _status(self, message: str, level: str = "info") -> dict[str, Any]:
         icon = {"info": "", "warning": "⚠️ ", "error": "⛔ "}[level]
@@ -289,6 +319,22 @@ class StudioApp:
     def on_depth(self, draft: Draft | None, depth: float) -> tuple[Draft, str]:
         new = state.set_depth(self.workspace.draft(draft), depth)
         return new, f"path point {new.keyframe + 1} of object {new.active}: depth {depth:g}"
+
+    def on_rotation(
+        self, draft: Draft | None, pitch: float | None, yaw: float | None, roll: float | None
+    ) -> tuple[Draft, str]:
+        new = state.set_rotation(self.workspace.draft(draft), pitch, yaw, roll)
+        turned = state.rotation_text(state.rotation_of(new.path[new.keyframe])) or "none"
+        return new, f"path point {new.keyframe + 1} of object {new.active}: rotation {turned}"
+
+    def on_turn(self, draft: Draft | None, degrees: float | None, axis: str) -> tuple[Draft, str]:
+        if degrees is None:
+            raise InputError("type the degrees to turn by", state.WHERE)
+        new = state.turn_object(self.workspace.draft(draft), degrees, axis)
+        return new, (
+            f"object {new.active} turns {degrees:g}° about {axis} over its "
+            f"{len(new.path)} path points"
+        )
 
     def on_pick_object(self, draft: Draft | None, object_id: int | None) -> tuple[Draft, str]:
         if object_id is None:
@@ -488,6 +534,30 @@ class StudioApp:
                         interactive=False,
                         elem_id="depth-slider",
                     )
+                    c["rotation_info"] = gr.Markdown(NO_ROTATION, elem_id="rotation-info")
+                    with gr.Row():
+                        for axis in ROTATION_AXES:
+                            c[axis] = gr.Number(
+                                0,
+                                label=f"{axis.capitalize()} (°)",
+                                interactive=False,
+                                elem_id=axis,
+                                min_width=80,
+                            )
+                    with gr.Row():
+                        c["turn_degrees"] = gr.Number(
+                            180, label="Turn (°)", elem_id="turn-degrees", min_width=80
+                        )
+                        c["turn_axis"] = gr.Dropdown(
+                            list(ROTATION_AXES),
+                            value="yaw",
+                            label="About",
+                            elem_id="turn-axis",
+                            min_width=80,
+                        )
+                        c["turn"] = gr.Button(
+                            "Turn over the path", size="sm", elem_id="turn", min_width=80
+                        )
                     with gr.Row():
                         c["undo"] = gr.Button("Undo", size="sm", elem_id="undo")
                         c["remove_point"] = gr.Button("Remove point", size="sm")
@@ -571,8 +641,8 @@ class StudioApp:
         c = self.components
         view_keys = (
             "canvas depth spec objects points slider camera strength frames fps seed prompt "
-            "downloads method generate"
-        ).split()
+            "downloads method generate rotation_info"
+        ).split() + list(ROTATION_AXES)
         outputs = [c["draft"], c["status"], *(c[k] for k in view_keys)]
         queue = {"concurrency_id": EDIT_QUEUE, "concurrency_limit": 1, "trigger_mode": "multiple"}
         quiet = {"show_progress": "hidden", **queue}
@@ -585,6 +655,11 @@ class StudioApp:
         edit(c["load"].upload, self.on_spec, [c["load"]], show_progress="full")
         edit(c["canvas"].select, self.on_click, [c["mode"]], show_progress="minimal")
         edit(c["slider"].release, self.on_depth, [c["slider"]])
+        angles = [c[axis] for axis in ROTATION_AXES]
+        for field in angles:
+            edit(field.submit, self.on_rotation, angles)
+            edit(field.blur, self.on_rotation, angles)
+        edit(c["turn"].click, self.on_turn, [c["turn_degrees"], c["turn_axis"]])
         edit(c["objects"].input, self.on_pick_object, [c["objects"]])
         edit(c["points"].input, self.on_pick_point, [c["points"]])
         edit(c["camera"].input, self.on_camera, [c["camera"], c["strength"]])

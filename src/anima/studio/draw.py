@@ -7,6 +7,7 @@ so a click on a picture is a pixel of the working image.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from anima.control_points import ControlPoints
 from anima.io import to_uint8
 from anima.palette import colour
+from anima.studio.state import ROTATION_AXES, rotation_of, rotation_text
 
 MASK_ALPHA = 0.45
 
@@ -42,10 +44,55 @@ def depth_colours(distance: torch.Tensor) -> np.ndarray:
 
 
 def _label(canvas: np.ndarray, text: str, at: tuple[int, int], unit: float) -> None:
-    """White text with a dark outline at ``at`` (bottom-left)."""
-    scale, thick = 0.45 * unit, max(1, round(unit))
+    """White text with a dark outline at ``at`` (bottom-left). OpenCV's fonts are ASCII: a
+    degree sign in ``text`` is drawn as a small raised ring."""
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * unit, max(1, round(unit))
+    pieces = text.split("°")
     for width, fill in ((thick + 2, (0, 0, 0)), (thick, (255, 255, 255))):
-        cv2.putText(canvas, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, fill, width, cv2.LINE_AA)
+        x = at[0]
+        for i, piece in enumerate(pieces):
+            cv2.putText(canvas, piece, (x, at[1]), font, scale, fill, width, cv2.LINE_AA)
+            (w, h), _ = cv2.getTextSize(piece, font, scale, thick)
+            x += w
+            if i < len(pieces) - 1:
+                ring = max(1, round(2 * unit))
+                cv2.circle(canvas, (x + ring + 1, at[1] - h + ring), ring, fill, width, cv2.LINE_AA)
+                x += 2 * ring + 3
+
+
+def _rotation_arcs(
+    canvas: np.ndarray, at: tuple[int, int], key: dict[str, Any], rgb: Any, unit: float
+) -> None:
+    """A path point's rotation as arrowed arcs around it, one for each turned axis, sweeping
+    its angle (a full ring from 360 degrees on): yaw on a flat ellipse (a turntable), pitch on
+    an upright one, roll on a circle; the arrow points the way it turns."""
+    radius = max(16, round(30 * unit))
+    shapes = {
+        "pitch": ((radius * 0.4, radius), 270.0),
+        "yaw": ((radius, radius * 0.4), 0.0),
+        "roll": ((radius, radius), 270.0),
+    }
+    width = max(1, round(unit))
+    for axis, angle in zip(ROTATION_AXES, rotation_of(key), strict=True):
+        if not angle:
+            continue
+        (a, b), start = shapes[axis]
+        sweep = math.copysign(min(abs(angle), 360.0), angle)
+        end = start + sweep
+        axes = (max(1, round(a)), max(1, round(b)))
+        for line, fill in ((width + 2, (0, 0, 0)), (width, rgb)):
+            cv2.ellipse(canvas, at, axes, 0.0, start, end, fill, line, cv2.LINE_AA)
+        tail = _on_ellipse(at, a, b, end - math.copysign(min(25.0, abs(sweep)), sweep))
+        head = _on_ellipse(at, a, b, end)
+        for line, fill in ((width + 2, (0, 0, 0)), (width, rgb)):
+            cv2.arrowedLine(canvas, tail, head, fill, line, cv2.LINE_AA, 0, 0.9)
+
+
+def _on_ellipse(at: tuple[int, int], a: float, b: float, degrees: float) -> tuple[int, int]:
+    """The pixel at angle ``degrees`` (clockwise in the picture, from +x) on an axis-aligned
+    ellipse about ``at`` with half-axes ``a`` (x) and ``b`` (y), as `cv2.ellipse` draws it."""
+    rad = math.radians(degrees)
+    return _point((at[0] + a * math.cos(rad), at[1] + b * math.sin(rad)))
 
 
 def _point(xy: Any) -> tuple[int, int]:
@@ -64,10 +111,10 @@ def canvas(
 ) -> np.ndarray:
     """The photo with each object's mask tinted in its colour (the active one outlined
     thickly), its selection clicks as crosses, its box, its query points (AnyI2V) as diamonds
-    and its path: numbered points joined by arrows, labelled with their depth; the point the
-    depth slider edits is ringed. ``polygon`` is the outline being drawn: its corners as dots
-    joined by a white line, the last one ringed; ``box_corner`` the first corner of a box being
-    drawn, ringed."""
+    and its path: numbered points joined by arrows, labelled with their depth and rotation (a
+    turned point also gets arrowed arcs: `_rotation_arcs`); the point the depth slider edits is
+    ringed. ``polygon`` is the outline being drawn: its corners as dots joined by a white line,
+    the last one ringed; ``box_corner`` the first corner of a box being drawn, ringed."""
     out = image_rgb(image).astype(np.float32)
     size = out.shape[:2]
     unit = _scale(size)
@@ -102,13 +149,17 @@ def canvas(
         for a, b in zip(points, points[1:], strict=False):
             cv2.arrowedLine(out, a, b, (0, 0, 0), max(2, round(3 * unit)), cv2.LINE_AA, 0, 0.08)
             cv2.arrowedLine(out, a, b, rgb, max(1, round(2 * unit)), cv2.LINE_AA, 0, 0.08)
+        for at, key in zip(points, path, strict=True):
+            _rotation_arcs(out, at, key, rgb, unit)
         radius = max(3, round(5 * unit))
         for i, (at, key) in enumerate(zip(points, path, strict=True)):
             cv2.circle(out, at, radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
             cv2.circle(out, at, radius, rgb, -1, cv2.LINE_AA)
             if obj["id"] == active and i == keyframe:
                 cv2.circle(out, at, radius + 4, (255, 255, 255), max(1, round(2 * unit)))
-            _label(out, f"{i + 1}: {key['depth']:.3g}", (at[0] + radius + 3, at[1] - 3), unit)
+            turned = rotation_text(key.get("rotation"))
+            text = f"{i + 1}: {key['depth']:.3g}" + (f", {turned}" if turned else "")
+            _label(out, text, (at[0] + radius + 3, at[1] - 3), unit)
     _draw_open_polygon(out, polygon, unit)
     if box_corner is not None:
         _draw_open_polygon(out, [box_corner], unit)

@@ -13,7 +13,10 @@ masks and depth `anima.studio.perception`.
 
 Conventions (the spec's): pixels x right, y down in the working image; path points are spaced
 evenly in time (``t = i / (n - 1)``) whenever a point is added or removed; depth is a distance
-from the camera in scene units.
+from the camera in scene units; a path point's rotation is the spec's keyframe ``rotation``,
+degrees about the camera's x, y, z axes (`ROTATION_AXES`: pitch, yaw, roll), missing when zero.
+A new path point keeps the orientation of the point before it, so adding a point never undoes a
+turn; removing one or re-spacing the points in time leaves every other point's rotation alone.
 
 A polygon selection is drawn corner by corner (`add_polygon_corner`, each click an undo step)
 and becomes a new object when it is closed (`close_polygon`); until then its corners live in the
@@ -69,6 +72,15 @@ STRENGTH_RANGE = (0.25, 3.0)
 
 OBJECT_OPTIONS = ("query_points", "end_boxes")
 """Method options keyed by object id (AnyI2V's): removing an object removes its entries."""
+
+ROTATION_AXES = ("pitch", "yaw", "roll")
+"""A path point's rotation angles, in the order of the spec's keyframe ``rotation``: pitch about
+the camera's x axis (right; positive tips the object's top towards the camera), yaw about its
+y axis (down, the vertical; positive turns the object's right side towards the camera), roll
+about its z axis (the view direction; positive turns the object clockwise in the picture)."""
+
+ROTATION_RANGE = (-720.0, 720.0)
+"""Degrees a path point's rotation may take on each axis (two turns either way)."""
 
 QUERY_METHODS = ("anyi2v",)
 """Methods whose options take per-object query points (AnyI2V, appendix: the points that say
@@ -505,11 +517,16 @@ def query_points(draft: Draft) -> dict[str, list[list[float]]]:
 def add_path_point(draft: Draft, x: float, y: float, depth: float) -> Draft:
     """Append (x, y) at distance ``depth`` to the active object's path; the path's points are
     re-spaced evenly in time and the new point gets the depth slider. The first point should
-    be on the object: the object moves by the path's displacement from it."""
+    be on the object: the object moves by the path's displacement from it. The new point keeps
+    the rotation of the point before it (the object holds its orientation)."""
     obj = _require_active(draft, "click its path")
     point = _check_point(draft, x, y, "path point")
     depth = _check_depth(depth)
-    path = [*obj.get("trajectory", []), {"t": 0.0, "x": point[0], "y": point[1], "depth": depth}]
+    path = list(obj.get("trajectory", []))
+    new: dict[str, Any] = {"t": 0.0, "x": point[0], "y": point[1], "depth": depth}
+    if path and path[-1].get("rotation"):
+        new["rotation"] = list(path[-1]["rotation"])
+    path.append(new)
     data = _edit_object(draft, obj["id"], trajectory=_retimed(path))
     return _commit(draft, data, obj["id"], len(path) - 1)
 
@@ -532,14 +549,20 @@ def _check_depth(depth: float | None) -> float:
     return round(float(depth), 4)
 
 
-def set_depth(draft: Draft, depth: float) -> Draft:
-    """Set the distance of the selected path point of the active object."""
-    obj = _require_active(draft, "click a path point")
+def _require_keyframe(draft: Draft, doing: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The active object and its path, which has the selected path point."""
+    obj = _require_active(draft, doing)
     path = obj.get("trajectory", [])
     if draft.keyframe is None or not 0 <= draft.keyframe < len(path):
         raise InputError(
             f"object {obj['id']} has no path point yet: click one with 'Path point'", WHERE
         )
+    return obj, path
+
+
+def set_depth(draft: Draft, depth: float) -> Draft:
+    """Set the distance of the selected path point of the active object."""
+    obj, path = _require_keyframe(draft, "click a path point")
     depth = _check_depth(depth)
     if path[draft.keyframe]["depth"] == depth:
         return draft
@@ -547,6 +570,101 @@ def set_depth(draft: Draft, depth: float) -> Draft:
     path[draft.keyframe]["depth"] = depth
     data = _edit_object(draft, obj["id"], trajectory=path)
     return _commit(draft, data, draft.active, draft.keyframe)
+
+
+def rotation_of(keyframe: dict[str, Any]) -> tuple[float, float, float]:
+    """A path point's rotation (pitch, yaw, roll) in degrees; (0, 0, 0) when it has none."""
+    pitch, yaw, roll = keyframe.get("rotation") or (0.0, 0.0, 0.0)
+    return float(pitch), float(yaw), float(roll)
+
+
+def _check_angle(value: Any, axis: str) -> float:
+    """A rotation angle in degrees within `ROTATION_RANGE`."""
+    low, high = ROTATION_RANGE
+    try:
+        angle = float(value)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"a {axis} angle must be a number of degrees, got {value!r}", WHERE
+        ) from None
+    if not math.isfinite(angle) or not low <= angle <= high:
+        raise InputError(f"a {axis} angle must be {low:g}..{high:g} degrees, got {value}", WHERE)
+    return angle + 0.0  # + 0.0: no -0.0 in the spec
+
+
+def _with_rotation(
+    keyframe: dict[str, Any], rotation: tuple[float, float, float]
+) -> dict[str, Any]:
+    """A copy of ``keyframe`` with ``rotation``; a zero rotation is left out, as the spec's
+    default."""
+    out = {k: v for k, v in keyframe.items() if k != "rotation"}
+    if any(rotation):
+        out["rotation"] = list(rotation)
+    return out
+
+
+def set_rotation(
+    draft: Draft,
+    pitch: float | None = None,
+    yaw: float | None = None,
+    roll: float | None = None,
+) -> Draft:
+    """Set the rotation of the selected path point of the active object (the point the depth
+    slider edits), degrees per axis (`ROTATION_AXES`; None leaves an axis as it is), each in
+    `ROTATION_RANGE`. The object turns between its path points as smoothly as it moves (the
+    spec's keyframe rotation, interpolated like the path), relative to the first point's."""
+    obj, path = _require_keyframe(draft, "set its rotation")
+    current = rotation_of(path[draft.keyframe])
+    given = (pitch, yaw, roll)
+    rotation = tuple(
+        old if value is None else _check_angle(value, axis)
+        for old, value, axis in zip(current, given, ROTATION_AXES, strict=True)
+    )
+    if rotation == current:
+        return draft
+    path = [dict(k) for k in path]
+    path[draft.keyframe] = _with_rotation(path[draft.keyframe], rotation)
+    data = _edit_object(draft, obj["id"], trajectory=path)
+    return _commit(draft, data, draft.active, draft.keyframe)
+
+
+def turn_object(draft: Draft, degrees: float, axis: str = "yaw") -> Draft:
+    """Turn the active object by ``degrees`` about ``axis`` (`ROTATION_AXES`) over its path, at
+    an even rate: each path point's angle on that axis is ``degrees`` times the fraction of the
+    path's time elapsed at it (0 at the first point, ``degrees`` at the last; rounded to 0.01
+    degree); its other axes stay. 180 about yaw turns the object round to show its back
+    (I2V3D, Fig. 1)."""
+    if axis not in ROTATION_AXES:
+        raise InputError(f"unknown axis '{axis}' (use {', '.join(ROTATION_AXES)})", WHERE)
+    obj = _require_active(draft, "turn it")
+    path = obj.get("trajectory", [])
+    if len(path) < 2:
+        raise InputError(
+            f"object {obj['id']} needs a path of two points or more to turn along: click them "
+            "with 'Path point'",
+            WHERE,
+        )
+    degrees = _check_angle(degrees, axis)
+    index = ROTATION_AXES.index(axis)
+    first, last = path[0]["t"], path[-1]["t"]
+    turned = []
+    for key in path:
+        rotation = list(rotation_of(key))
+        rotation[index] = round(degrees * (key["t"] - first) / (last - first), 2) + 0.0
+        turned.append(_with_rotation(key, (rotation[0], rotation[1], rotation[2])))
+    if turned == path:
+        return draft
+    data = _edit_object(draft, obj["id"], trajectory=turned)
+    return _commit(draft, data, draft.active, draft.keyframe)
+
+
+def rotation_text(rotation: tuple[float, float, float] | list[float] | None) -> str:
+    """A rotation as the page says it, its nonzero axes only ("yaw 90°"); "" for none."""
+    return ", ".join(
+        f"{axis} {angle:g}°"
+        for axis, angle in zip(ROTATION_AXES, rotation or (0.0, 0.0, 0.0), strict=True)
+        if angle
+    )
 
 
 def remove_path_point(draft: Draft) -> Draft:
@@ -729,7 +847,9 @@ def object_choices(draft: Draft) -> list[tuple[str, int]]:
 
 def keyframe_choices(draft: Draft) -> list[tuple[str, int]]:
     """(label, index) of the active object's path points, for a picker."""
-    return [
-        (f"{i + 1}: ({k['x']:g}, {k['y']:g}) depth {k['depth']:g}", i)
-        for i, k in enumerate(draft.path)
-    ]
+    choices = []
+    for i, k in enumerate(draft.path):
+        label = f"{i + 1}: ({k['x']:g}, {k['y']:g}) depth {k['depth']:g}"
+        turned = rotation_text(k.get("rotation"))
+        choices.append((f"{label}, {turned}" if turned else label, i))
+    return choices
