@@ -335,8 +335,11 @@ class I2V3DMethod(Method):
         if options.lora == "auto":
             from anima.methods.i2v3d.train import cached_lora
 
-            self.report("i2v3d: customising the base to the image (LoRA, cached)")
-            lora = cached_lora(spec, scene, self.weights, options.base, options.lora_steps)
+            def progress(step: int, steps: int, loss: float) -> None:
+                self.report(f"i2v3d: LoRA on the image, step {step}/{steps}, loss {loss:.4f}")
+
+            base, steps = options.base, options.lora_steps
+            lora = cached_lora(spec, scene, self.weights, base, steps, progress)
         return I2V3DControls(
             spec,
             scene,
