@@ -217,3 +217,25 @@ def test_anchoring_makes_the_window_end_on_its_keyframes(components) -> None:
     latents = run(pipe, start, end, window, num_inference_steps=2, output_type="latent")
     keys = pipe.encode_frames(torch.stack([start, end]))
     assert torch.equal(latents[:, 0], keys[:, 0]) and torch.equal(latents[:, -1], keys[:, 1])
+
+
+def test_sequential_branches_equal_the_batched_pass(components) -> None:
+    """Source, uncond and cond one call each (the source's features recorded and replayed):
+    the same video as the batched three-branch pass, with a third of the activations (up to
+    float32 rounding of another batch size, which SVD's first sigma, 700, magnifies: at most
+    6e-5 here)."""
+    pipe = make_pipe(components)
+    window = segment(4, seed=11)
+    start, end = tensor(photo(12)), tensor(photo(13))
+    kwargs = {"num_inference_steps": 2, "output_type": "latent"}
+    batched = run(pipe, start, end, window, **kwargs)
+    sequential = run(pipe, start, end, window, sequential_branches=True, **kwargs)
+    torch.testing.assert_close(sequential, batched, atol=2e-4, rtol=1e-3)
+    weaker = InterpolationGuidance(strength=0.5)
+    torch.testing.assert_close(
+        run(pipe, start, end, window, guidance=weaker, sequential_branches=True, **kwargs),
+        run(pipe, start, end, window, guidance=weaker, **kwargs),
+        atol=2e-4,
+        rtol=1e-3,
+    )
+    assert (run(pipe, start, end, window, guidance=weaker, **kwargs) - batched).abs().max() > 1e-3

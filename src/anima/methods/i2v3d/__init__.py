@@ -163,6 +163,11 @@ class I2V3DOptions(BaseModel):
     inversion_refinements: int = Field(
         0, ge=0, le=50, description="Fixed-point iterations per SVD inversion step."
     )
+    sequential_branches: bool = Field(
+        False,
+        description="Interpolation's source, uncond and cond branches one call each (a third "
+        "of the activation memory, the same video).",
+    )
     decode_chunk_size: int | None = Field(
         None, ge=1, description="Frames the SVD VAE decodes at a time (default: a window)."
     )
@@ -434,6 +439,7 @@ class I2V3DMethod(Method):
                 anchor_keyframes=options.anchor_keyframes,
                 release_clip_input=options.release_clip_input,
                 inversion_refinements=options.inversion_refinements,
+                sequential_branches=options.sequential_branches,
                 decode_chunk_size=options.decode_chunk_size,
                 generator=generator,
             )

@@ -39,7 +39,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from anima.attention import SOURCE_CFG_BRANCHES, inject
+from anima.attention import SOURCE_CFG_BRANCHES, FeatureStore, capture, inject
 from anima.attention.layers import Patterns
 from anima.methods.i2v3d.keyframes import latent_mask, start_latents
 from anima.models.svd_pipeline import SVDControlNetPipeline
@@ -176,36 +176,77 @@ class I2V3DInterpolationPipeline(SVDControlNetPipeline):
         inputs: PassInputs,
         guidance: InterpolationGuidance,
         scale: float,
+        sequential: bool = False,
     ) -> Tensor:
         """(2, N, ...) v-predictions ``[uncond, cond]`` of one direction at ``step``, the
-        source branch's features injected (module docstring, step 3)."""
+        source branch's features injected (module docstring, step 3). ``sequential``: the
+        three branches one call each (a third of the activations), the source's features
+        recorded (`anima.attention.capture`) and replayed into the other two; same result."""
         t = self.scheduler.timesteps[step]
         batch = torch.cat([inputs.inverted[step], latents, latents])
         batch = self.scheduler.scale_model_input(batch, t)
-        if not guidance.enabled:
-            return self.velocity(batch, step, inputs, slice(0, 3), scale)[1:]
-        frames = latents.shape[1]
-        where = {"branches": SOURCE_CFG_BRANCHES, "num_frames": frames}
-        with ExitStack() as hooks:
+        if not sequential:
+            with self._injection(guidance, inputs, "source", SOURCE_CFG_BRANCHES):
+                return self.velocity(batch, step, inputs, slice(0, 3), scale)[1:]
+        store = FeatureStore()
+        with self._recording(guidance, store):
+            self.velocity(batch[:1], step, inputs, slice(0, 1), scale)
+        rows = []
+        for row in (1, 2):
+            with self._injection(guidance, inputs, store, None):
+                rows.append(
+                    self.velocity(batch[row : row + 1], step, inputs, slice(row, row + 1), scale)
+                )
+        return torch.cat(rows)
+
+    def _recording(self, guidance: InterpolationGuidance, store: FeatureStore) -> ExitStack:
+        """Hooks recording what `_injection` puts in (none when injection is off)."""
+        hooks = ExitStack()
+        if guidance.enabled:
             hooks.enter_context(
-                inject(
+                capture(
                     self.unet,
-                    "source",
+                    store,
                     layers=guidance.attention,
                     kinds=("q", "k"),
+                    resnets=guidance.resnets,
                     exclude=guidance.attention_exclude,
-                    mask=inputs.visible.float() * guidance.strength,
-                    **where,
                 )
             )
-            if guidance.resnets is not None:
-                everywhere = None  # unmasked; a uniform blend below full strength
-                if guidance.strength != 1.0:
-                    everywhere = torch.full((1, 1), guidance.strength)
-                hooks.enter_context(
-                    inject(self.unet, "source", resnets=guidance.resnets, mask=everywhere, **where)
-                )
-            return self.velocity(batch, step, inputs, slice(0, 3), scale)[1:]
+        return hooks
+
+    def _injection(
+        self,
+        guidance: InterpolationGuidance,
+        inputs: PassInputs,
+        source: FeatureStore | str,
+        branches: tuple[str, ...] | None,
+    ) -> ExitStack:
+        """Hooks putting the source's Q/K (masked by visibility) and res-block output
+        (unmasked) into the call's target rows (none when injection is off)."""
+        hooks = ExitStack()
+        if not guidance.enabled:
+            return hooks
+        where = {"branches": branches, "num_frames": inputs.visible.shape[0]}
+        hooks.enter_context(
+            inject(
+                self.unet,
+                source,
+                layers=guidance.attention,
+                kinds=("q", "k"),
+                exclude=guidance.attention_exclude,
+                mask=inputs.visible.float() * guidance.strength,
+                **where,
+            )
+        )
+        if guidance.resnets is not None:
+            everywhere = None  # unmasked; a uniform blend below full strength
+            if guidance.strength != 1.0:
+                everywhere = torch.full((1, 1), guidance.strength)
+            hooks.enter_context(
+                inject(self.unet, source, resnets=guidance.resnets, mask=everywhere, **where)
+            )
+        return hooks
 
     @torch.no_grad()
     def __call__(  # noqa: PLR0913 - the pipeline's knobs are its public API
@@ -224,6 +265,7 @@ class I2V3DInterpolationPipeline(SVDControlNetPipeline):
         anchor_keyframes: bool = True,
         release_clip_input: bool = False,
         inversion_refinements: int = 0,
+        sequential_branches: bool = False,
         decode_chunk_size: int | None = None,
         generator: torch.Generator | None = None,
         latents: Tensor | None = None,
@@ -244,6 +286,8 @@ class I2V3DInterpolationPipeline(SVDControlNetPipeline):
             release_clip_input: feed CLIP the unnormalised image, as the release.
             inversion_refinements: fixed-point iterations of each inversion step
                 (`anima.sampling.euler_inversion`; 0, the release's plain inversion).
+            sequential_branches: run source, uncond and cond one call each (less memory,
+                the same result up to float rounding).
             generator: the random source: noise augmentation, then the start noise.
             latents: the start noise (1, N, 4, h, w) at unit scale, as diffusers' pipelines
                 take it, instead of drawing it (where the render is visible the start is the
@@ -283,9 +327,11 @@ class I2V3DInterpolationPipeline(SVDControlNetPipeline):
         cfg = guidance_scale
         with self.progress_bar(total=num_inference_steps) as progress:
             for step, t in enumerate(self.scheduler.timesteps):
-                velocity = self._guided_pass(latents, step, forward, guidance, scale)
+                one = sequential_branches
+                velocity = self._guided_pass(latents, step, forward, guidance, scale, one)
                 if backward is not None:
-                    reversed_v = self._guided_pass(latents.flip(1), step, backward, guidance, scale)
+                    back = latents.flip(1)
+                    reversed_v = self._guided_pass(back, step, backward, guidance, scale, one)
                     velocity = fuse_bidirectional(velocity, reversed_v)
                 velocity = guided(velocity, cfg)
                 latents = self.scheduler.step(velocity, t, latents).prev_sample
