@@ -1,0 +1,136 @@
+"""Text-to-video SDS (ModelScope): the motion prior of the dynamic stages.
+
+(Animate124 §3.3, Eq. 6, SDS-T; REFERENCE "Animate124": ModelScope text-to-video on 16 frames
+at 256, CFG 100, t in [20, 980], gradient values clipped at 1 in the dynamic stages.)
+
+The rendered clip (B, F, 3, H, W) is resized frame by frame, encoded by the VAE frame by frame
+(with gradient), and scored as one video latent (B, 4, F, h, w) by a `UNet3DConditionModel`
+(`anima.models.modelscope`), whose temporal convolutions and attention make each frame's
+gradient depend on the other frames. One t a clip. How many frames are rendered (16 in the
+release) is the caller's choice: nothing here fixes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anima.methods.animate124.guidance.sds import (
+    DEFAULT_SCHEDULE,
+    EpsilonPredictor,
+    LatentEncoder,
+    UNetEpsilon,
+    VaeEncoder,
+    alphas_cumprod_from_config,
+    batched,
+    draw_noise,
+    draw_timesteps,
+    resize,
+    score_distillation,
+    sds_loss,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoSDSOptions:
+    """ModelScope text-to-video SDS (REFERENCE "Animate124"; Animate124 §3.3)."""
+
+    guidance_scale: float = 100.0
+    t_range: tuple[int, int] = (20, 980)
+    size: int = 256
+    grad_clip: float | None = 1.0
+    weight: float = 1.0
+
+
+def encode_video(encoder: LatentEncoder, video: Tensor, size: int) -> Tensor:
+    """A clip (B, F, 3, H, W) in [0, 1] to the video latent (B, C, F, h, w) a
+    `UNet3DConditionModel` reads, frames resized to ``size`` and encoded one by one."""
+    batch, frames = video.shape[:2]
+    latents = encoder(resize(video.flatten(0, 1), size))
+    latents = latents.unflatten(0, (batch, frames))
+    return latents.permute(0, 2, 1, 3, 4)
+
+
+class VideoSDS:
+    """SDS from a text-to-video prior (Animate124 Eq. 6).
+
+    ``guidance(video, text, negative)`` with a rendered clip (B, F, 3, H, W) in [0, 1] and
+    text embeddings (1 or B, 77, D) returns ``{"sds_video": loss}``."""
+
+    name = "sds_video"
+
+    def __init__(
+        self,
+        predictor: EpsilonPredictor,
+        encoder: LatentEncoder,
+        alphas_cumprod: Tensor,
+        options: VideoSDSOptions | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.encoder = encoder
+        self.alphas_cumprod = alphas_cumprod
+        self.options = options or VideoSDSOptions()
+
+    @classmethod
+    def from_components(
+        cls, components: Mapping[str, Any], options: VideoSDSOptions | None = None
+    ) -> VideoSDS:
+        """From ModelScope components (``unet``, ``vae``, ``scheduler_config``:
+        `anima.models.modelscope`)."""
+        return cls(
+            UNetEpsilon(components["unet"]),
+            VaeEncoder(components["vae"]),
+            alphas_cumprod_from_config(components.get("scheduler_config", DEFAULT_SCHEDULE)),
+            options,
+        )
+
+    def __call__(
+        self,
+        video: Tensor,
+        text: Tensor,
+        negative: Tensor | None,
+        *,
+        generator: torch.Generator | None = None,
+        timesteps: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The loss for the rendered clip ``video`` (B, F, 3, H, W)."""
+        latents = encode_video(self.encoder, video, self.options.size)
+        return self.from_latents(
+            latents, text, negative, generator=generator, timesteps=timesteps, noise=noise
+        )
+
+    def from_latents(
+        self,
+        latents: Tensor,
+        text: Tensor,
+        negative: Tensor | None,
+        *,
+        generator: torch.Generator | None = None,
+        timesteps: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The loss on video latents (B, 4, F, h, w) directly."""
+        options = self.options
+        batch = latents.shape[0]
+        if timesteps is None:
+            timesteps = draw_timesteps(options.t_range, batch, generator)
+        if noise is None:
+            noise = draw_noise(latents.shape, generator, latents.device)
+        uncondition = batched(negative, batch) if negative is not None else None
+        step = score_distillation(
+            latents,
+            self.predictor,
+            batched(text, batch),
+            uncondition,
+            self.alphas_cumprod,
+            options.guidance_scale,
+            timesteps,
+            noise,
+            options.grad_clip,
+        )
+        return {self.name: sds_loss(latents, step.gradient, options.weight)}
