@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from anima.errors import InputError
+from anima.models.schedules import SD_DDIM_CONFIG
 from anima.models.seeding import seeded
 from anima.weights import Component
 
@@ -44,16 +45,7 @@ MODELSCOPE_T2V = Component(
 #: The sampler of ModelScope's and Zeroscope's diffusers releases (their
 #: ``scheduler_config.json``): DDIM, scaled-linear betas 0.00085-0.012, steps offset 1. Used
 #: when the folder has no ``scheduler/`` and for the tiny models.
-MODELSCOPE_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
+MODELSCOPE_SCHEDULER_CONFIG: dict[str, Any] = SD_DDIM_CONFIG
 
 #: Channels of the tiny UNet's four levels (ModelScope: 320, 640, 1280, 1280).
 TINY_BLOCK_CHANNELS = (32, 64, 64, 64)

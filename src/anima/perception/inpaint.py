@@ -223,6 +223,7 @@ def tiny_inpaint_pipeline(seed: int = 0) -> Any:
     its native resolution is 64 pixels."""
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 
+    from anima.models.schedules import SD_DDIM_CONFIG
     from anima.models.seeding import seeded
     from anima.models.tiny_sd import (
         TINY_BLOCK_CHANNELS,
@@ -246,14 +247,7 @@ def tiny_inpaint_pipeline(seed: int = 0) -> Any:
             attention_head_dim=8,
             norm_num_groups=32,
         )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(**SD_DDIM_CONFIG)
     pipeline = StableDiffusionInpaintPipeline(
         vae=tiny_sd_vae(seed + 1),
         text_encoder=tiny_text_encoder(seed + 2),

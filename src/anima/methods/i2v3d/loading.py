@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from anima.errors import InputError
+from anima.models.schedules import SD_DDIM_CONFIG
 from anima.weights import SD15, SVD, Component, Weights
 
 if TYPE_CHECKING:
@@ -95,17 +96,7 @@ _CONTROLNET_COMPONENT = {"sdxl": CONTROLNET_DEPTH_SDXL, "sd15": CONTROLNET_DEPTH
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 #: The release's sampler: DDIM on SDXL's training schedule (see the module docstring).
-I2V3D_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "prediction_type": "epsilon",
-}
+I2V3D_SCHEDULER_CONFIG: dict[str, Any] = SD_DDIM_CONFIG | {"timestep_spacing": "leading"}
 
 #: Channels of the tiny SD1.5 UNet's four levels (as SD1.5's four; AnyI2V's tiny ones too).
 TINY_SD15_BLOCK_CHANNELS = (32, 64, 64, 64)

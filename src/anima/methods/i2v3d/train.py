@@ -78,6 +78,7 @@ from anima.methods.i2v3d.views import (
     resized_view,
     views_digest,
 )
+from anima.models.schedules import SD_NOISE_SCHEDULE
 from anima.training import (
     Flag,
     LoopConfig,
@@ -100,13 +101,7 @@ STATE_FILE = "lora_state.safetensors"
 #: A folder of views, or views rendered by anima.
 AUTO = "auto"
 #: SD's training schedule, for a base whose components carry no scheduler.
-SD_TRAINING_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-}
+SD_TRAINING_SCHEDULE: dict[str, Any] = SD_NOISE_SCHEDULE
 
 
 class LoraTrainConfig(RunConfig):

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from anima.models.schedules import SD_NOISE_SCHEDULE
+
 
 class EpsilonPredictor(Protocol):
     """A diffusion prior's noise prediction: ``eps = predict(noisy_latents, timesteps,
@@ -49,12 +51,7 @@ LatentEncoder = Callable[[Tensor], Tensor]
 
 #: The noise schedule of SD1.5, Zero-1-to-3 and ModelScope (their ``scheduler_config.json``):
 #: scaled-linear betas 0.00085-0.012 over 1000 steps.
-DEFAULT_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-}
+DEFAULT_SCHEDULE: dict[str, Any] = SD_NOISE_SCHEDULE
 
 
 def alphas_cumprod_from_config(config: Mapping[str, Any]) -> Tensor:
