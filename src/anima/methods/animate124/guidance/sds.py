@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -245,25 +245,68 @@ class StableDiffusionSDSOptions:
     weight: float = 1.0
 
 
-class StableDiffusionSDS:
-    """SDS from a text-to-image prior (SD1.5): Animate124 Eq. 3's 2D term.
+class ScoreDistillation:
+    """What every guidance is made of: an epsilon predictor, the encoder of renders into its
+    latents, its alpha_bar schedule and options (``t_range``, ``guidance_scale``,
+    ``grad_clip``, ``weight``; the subclass's options class by default). `from_latents` is the
+    loss of a text-conditioned prior; priors with other conditions override it."""
 
-    ``guidance(images, text, negative)`` with renders (N, 3, H, W) in [0, 1] and text
-    embeddings (1 or N, 77, D) returns ``{"sds_sd15": loss}``."""
-
-    name = "sds_sd15"
+    name: ClassVar[str]
+    options_class: ClassVar[type]
 
     def __init__(
         self,
         predictor: EpsilonPredictor,
         encoder: LatentEncoder,
         alphas_cumprod: Tensor,
-        options: StableDiffusionSDSOptions | None = None,
+        options: Any = None,
     ) -> None:
         self.predictor = predictor
         self.encoder = encoder
         self.alphas_cumprod = alphas_cumprod
-        self.options = options or StableDiffusionSDSOptions()
+        self.options = options or self.options_class()
+
+    def from_latents(
+        self,
+        latents: Tensor,
+        text: Tensor,
+        negative: Tensor | None,
+        *,
+        generator: torch.Generator | None = None,
+        timesteps: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The loss on latents (B, C, ...) directly (an already encoded render), conditioned
+        on ``text`` (1 or B rows), CFG against ``negative`` when given."""
+        options = self.options
+        batch = latents.shape[0]
+        if timesteps is None:
+            timesteps = draw_timesteps(options.t_range, batch, generator)
+        if noise is None:
+            noise = draw_noise(latents.shape, generator, latents.device)
+        uncondition = batched(negative, batch) if negative is not None else None
+        step = score_distillation(
+            latents,
+            self.predictor,
+            batched(text, batch),
+            uncondition,
+            self.alphas_cumprod,
+            options.guidance_scale,
+            timesteps,
+            noise,
+            options.grad_clip,
+        )
+        return {self.name: sds_loss(latents, step.gradient, options.weight)}
+
+
+class StableDiffusionSDS(ScoreDistillation):
+    """SDS from a text-to-image prior (SD1.5): Animate124 Eq. 3's 2D term.
+
+    ``guidance(images, text, negative)`` with renders (N, 3, H, W) in [0, 1] and text
+    embeddings (1 or N, 77, D) returns ``{"sds_sd15": loss}``."""
+
+    name = "sds_sd15"
+    options_class = StableDiffusionSDSOptions
 
     @classmethod
     def from_components(
@@ -294,34 +337,3 @@ class StableDiffusionSDS:
         return self.from_latents(
             latents, text, negative, generator=generator, timesteps=timesteps, noise=noise
         )
-
-    def from_latents(
-        self,
-        latents: Tensor,
-        text: Tensor,
-        negative: Tensor | None,
-        *,
-        generator: torch.Generator | None = None,
-        timesteps: Tensor | None = None,
-        noise: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """The loss on latents (N, 4, h, w) directly (an already encoded render)."""
-        options = self.options
-        batch = latents.shape[0]
-        if timesteps is None:
-            timesteps = draw_timesteps(options.t_range, batch, generator)
-        if noise is None:
-            noise = draw_noise(latents.shape, generator, latents.device)
-        uncondition = batched(negative, batch) if negative is not None else None
-        step = score_distillation(
-            latents,
-            self.predictor,
-            batched(text, batch),
-            uncondition,
-            self.alphas_cumprod,
-            options.guidance_scale,
-            timesteps,
-            noise,
-            options.grad_clip,
-        )
-        return {self.name: sds_loss(latents, step.gradient, options.weight)}

@@ -33,8 +33,7 @@ from torch import Tensor
 
 from anima.methods.animate124.guidance.sds import (
     DEFAULT_SCHEDULE,
-    EpsilonPredictor,
-    LatentEncoder,
+    ScoreDistillation,
     VaeEncoder,
     alphas_cumprod_from_config,
     batched,
@@ -104,7 +103,7 @@ class TileOptions:
     weight: float = 1.0
 
 
-class ControlNetTileSDS:
+class ControlNetTileSDS(ScoreDistillation):
     """SDS from SD1.5 + ControlNet Tile on a few frames of a clip (Animate124 Eq. 9).
 
     ``guidance(frames, control, text, negative)`` with renders (N, 3, H, W) in [0, 1], the
@@ -113,18 +112,7 @@ class ControlNetTileSDS:
     returns ``{"sds_tile": loss}``."""
 
     name = "sds_tile"
-
-    def __init__(
-        self,
-        predictor: EpsilonPredictor,
-        encoder: LatentEncoder,
-        alphas_cumprod: Tensor,
-        options: TileOptions | None = None,
-    ) -> None:
-        self.predictor = predictor
-        self.encoder = encoder
-        self.alphas_cumprod = alphas_cumprod
-        self.options = options or TileOptions()
+    options_class = TileOptions
 
     @classmethod
     def from_components(

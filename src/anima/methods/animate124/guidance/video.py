@@ -21,17 +21,12 @@ from torch import Tensor
 
 from anima.methods.animate124.guidance.sds import (
     DEFAULT_SCHEDULE,
-    EpsilonPredictor,
     LatentEncoder,
+    ScoreDistillation,
     UNetEpsilon,
     VaeEncoder,
     alphas_cumprod_from_config,
-    batched,
-    draw_noise,
-    draw_timesteps,
     resize,
-    score_distillation,
-    sds_loss,
 )
 
 
@@ -55,25 +50,14 @@ def encode_video(encoder: LatentEncoder, video: Tensor, size: int) -> Tensor:
     return latents.permute(0, 2, 1, 3, 4)
 
 
-class VideoSDS:
+class VideoSDS(ScoreDistillation):
     """SDS from a text-to-video prior (Animate124 Eq. 6).
 
     ``guidance(video, text, negative)`` with a rendered clip (B, F, 3, H, W) in [0, 1] and
     text embeddings (1 or B, 77, D) returns ``{"sds_video": loss}``."""
 
     name = "sds_video"
-
-    def __init__(
-        self,
-        predictor: EpsilonPredictor,
-        encoder: LatentEncoder,
-        alphas_cumprod: Tensor,
-        options: VideoSDSOptions | None = None,
-    ) -> None:
-        self.predictor = predictor
-        self.encoder = encoder
-        self.alphas_cumprod = alphas_cumprod
-        self.options = options or VideoSDSOptions()
+    options_class = VideoSDSOptions
 
     @classmethod
     def from_components(
@@ -103,34 +87,3 @@ class VideoSDS:
         return self.from_latents(
             latents, text, negative, generator=generator, timesteps=timesteps, noise=noise
         )
-
-    def from_latents(
-        self,
-        latents: Tensor,
-        text: Tensor,
-        negative: Tensor | None,
-        *,
-        generator: torch.Generator | None = None,
-        timesteps: Tensor | None = None,
-        noise: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """The loss on video latents (B, 4, F, h, w) directly."""
-        options = self.options
-        batch = latents.shape[0]
-        if timesteps is None:
-            timesteps = draw_timesteps(options.t_range, batch, generator)
-        if noise is None:
-            noise = draw_noise(latents.shape, generator, latents.device)
-        uncondition = batched(negative, batch) if negative is not None else None
-        step = score_distillation(
-            latents,
-            self.predictor,
-            batched(text, batch),
-            uncondition,
-            self.alphas_cumprod,
-            options.guidance_scale,
-            timesteps,
-            noise,
-            options.grad_clip,
-        )
-        return {self.name: sds_loss(latents, step.gradient, options.weight)}

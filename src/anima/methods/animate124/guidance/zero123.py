@@ -29,8 +29,7 @@ from torch import Tensor
 
 from anima.methods.animate124.guidance.sds import (
     DEFAULT_SCHEDULE,
-    EpsilonPredictor,
-    LatentEncoder,
+    ScoreDistillation,
     VaeEncoder,
     alphas_cumprod_from_config,
     draw_noise,
@@ -213,7 +212,7 @@ class Zero123Options:
     angle_weighting: bool = True
 
 
-class Zero123SDS:
+class Zero123SDS(ScoreDistillation):
     """SDS from Zero-1-to-3 XL (Animate124 Eq. 3's 3D term, Eq. 7).
 
     ``guidance(images, polar, azimuth, radius, reference)`` with renders (N, 3, H, W) in
@@ -221,18 +220,7 @@ class Zero123SDS:
     ``{"sds_zero123": loss}``, each sample weighted by ``weight`` x angle / 180."""
 
     name = "sds_zero123"
-
-    def __init__(
-        self,
-        predictor: EpsilonPredictor,
-        encoder: LatentEncoder,
-        alphas_cumprod: Tensor,
-        options: Zero123Options | None = None,
-    ) -> None:
-        self.predictor = predictor
-        self.encoder = encoder
-        self.alphas_cumprod = alphas_cumprod
-        self.options = options or Zero123Options()
+    options_class = Zero123Options
 
     @classmethod
     def from_components(
