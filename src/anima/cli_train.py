@@ -4,9 +4,11 @@
 (`anima.world.svd_base.train`); ``anima train levitor --data DIR --out DIR [options]`` trains
 the LeviTor ControlNet (`anima.methods.levitor.train`); ``anima train xdyna ...`` trains
 X-Dyna (`anima.methods.xdyna.train`); ``anima train i2v3d-lora [SPEC] --out DIR ...`` trains
-I2V3D's LoRA on the input image and its views (`anima.methods.i2v3d.train`). The same commands
-run unchanged under ``accelerate launch`` on several GPUs and ``torchrun`` on several CPU
-processes.
+I2V3D's LoRA on the input image and its views (`anima.methods.i2v3d.train`); ``anima train
+animate124-token [SPEC] --init-words NAME --out DIR ...`` learns Animate124's token for the
+reference image by textual inversion (`anima.methods.animate124.textual_inversion`). The
+same commands run unchanged under ``accelerate launch`` on several GPUs and ``torchrun`` on
+several CPU processes.
 
 Each command's options are built from its method's pydantic config (`config_command`): every
 field marked with an `anima.training.Flag` becomes an option with the field's name, default and
@@ -31,6 +33,7 @@ from pydantic_core import PydanticUndefined
 from rich.console import Console
 
 from anima.errors import InputError
+from anima.methods.animate124.textual_inversion import TokenTrainConfig
 from anima.methods.i2v3d.train import LoraTrainConfig
 from anima.methods.levitor.train import TrainConfig
 from anima.methods.xdyna.train import XDynaTrainConfig
@@ -320,6 +323,50 @@ config_command(
             str | None,
             None,
             "Weights with sdxl/ or sd15/ (or 'tiny'); default $ANIMA_WEIGHTS.",
+        ),
+        ALLOW_PICKLE,
+    ],
+)
+
+
+def _animate124_token(
+    config: TokenTrainConfig, spec: Path | None, weights: str | None, allow_pickle: bool
+) -> None:
+    from anima.methods.animate124.textual_inversion import train_token
+
+    config = config.model_copy(update={"spec": spec})
+    result = train_token(config, Weights.resolve(weights, allow_pickle=allow_pickle))
+    if result.cached:
+        _print(config.quiet, f"{result.embeds_file} is already trained on this image (cached)")
+        return
+    last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
+    _print(
+        config.quiet,
+        f"wrote {result.embeds_file} (token {result.token}, steps {result.start_step}-"
+        f"{result.step}{last}, {result.seconds:.1f}s)",
+    )
+
+
+config_command(
+    train_app,
+    "animate124-token",
+    TokenTrainConfig,
+    _animate124_token,
+    "Learn Animate124's token for the reference image (Animate124 §3.4: textual inversion on "
+    "SD1.5) from a SPEC's (or --image's) image.",
+    [
+        Extra(
+            "spec",
+            Path | None,
+            None,
+            "MotionSpec: its image and object (or give --image).",
+            argument=True,
+        ),
+        Extra(
+            "weights",
+            str | None,
+            None,
+            "Weights with sd15/ (or 'tiny'); default $ANIMA_WEIGHTS.",
         ),
         ALLOW_PICKLE,
     ],
