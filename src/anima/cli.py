@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from anima.cli_eval import eval_app
+from anima.cli_export import export_app
 from anima.cli_train import train_app
 from anima.cli_world import world_app
 from anima.errors import InputError
@@ -67,6 +68,7 @@ app.add_typer(weights_app, name="weights")
 app.add_typer(train_app, name="train")
 app.add_typer(world_app, name="world")
 app.add_typer(eval_app, name="eval")
+app.add_typer(export_app, name="export")
 
 console = Console(stderr=True, soft_wrap=True)  # one line a message, terminal or not
 

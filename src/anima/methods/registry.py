@@ -16,6 +16,7 @@ _BUILTIN = {
     "xdyna": "anima.methods.xdyna",
     "anyi2v": "anima.methods.anyi2v",
     "i2v3d": "anima.methods.i2v3d",
+    "animate124": "anima.methods.animate124",
 }
 _REGISTRY: dict[str, type[Method]] = {}
 

@@ -14,8 +14,9 @@ function returning named losses. `train_loop` does the rest, the same way for ev
   autocast (their outputs cast back to float32), as accelerate does for a prepared model; the
   rest of the loss (frozen networks) runs in the dtypes the trainer chose.
 - **Optimiser.** AdamW, learning rate warmed up linearly then constant or cosine-decayed
-  (`warmup_lr`), gradients clipped to ``max_grad_norm``, optionally an exponential moving
-  average of the weights (`EMA`), which the modules hold when the loop ends.
+  (`warmup_lr`; a parameter's rate times the trainer's `Trainer.lr_scale` for it), gradients
+  clipped to ``max_grad_norm``, optionally an exponential moving average of the weights
+  (`EMA`), which the modules hold when the loop ends.
 - **Checkpoints** every ``checkpoint_every`` steps (``out/checkpoint-<step>/``: accelerate's
   state with the modules, the optimiser, the gradient scaler and every process's RNG states,
   plus the EMA and ``training_state.json``), the oldest pruned beyond
@@ -153,6 +154,13 @@ class Trainer(ABC):
 
     def write_checkpoint(self, folder: Path) -> None:  # noqa: B027 (optional hook)
         """Add files of the method's own to checkpoint ``folder`` (main process only)."""
+
+    def lr_scale(self, name: str) -> float:
+        """The learning-rate multiplier of trained parameter ``name`` (as the modules name it,
+        ``<module>.<parameter>``): the loop gives each distinct multiplier its own optimiser
+        group at ``lr x scale`` (Animate124's grids at 10x their MLP's in the release). 1.0
+        (one group) by default."""
+        return 1.0
 
 
 @dataclass
@@ -429,8 +437,12 @@ def train_loop(
     if not named_params:
         raise ValueError("the trainer's modules have no parameter to train")
     params = [p for _, p in named_params]
+    scales: dict[float, list[nn.Parameter]] = {}
+    for name, p in named_params:
+        scales.setdefault(float(trainer.lr_scale(name.removeprefix("parts."))), []).append(p)
+    groups = [{"params": group, "lr_scale": scale} for scale, group in scales.items()]
     optimizer = torch.optim.AdamW(
-        params,
+        groups,
         lr=config.lr,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
@@ -513,7 +525,7 @@ def train_loop(
 
             lr = warmup_lr(config.lr, config.lr_warmup_steps, step + 1, config.steps, config.lr_min)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()

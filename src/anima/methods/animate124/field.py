@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from anima.methods.animate124.grid import GridEncoder, grid_layout
+from anima.models.seeding import seeded
 
 
 class _TruncExp(torch.autograd.Function):
@@ -132,7 +133,11 @@ class Field4D(nn.Module):
             for _ in range(num_times)
         )
         feature_dim = self.grids[0].output_dim
-        self.mlp = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+        mlp_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        with seeded(mlp_seed):  # nn.Linear draws from the global generator: keep it ours
+            self.mlp = nn.Sequential(
+                nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, 4)
+            )
         self.blob_density = blob_density
         self.blob_radius = blob_radius
 
