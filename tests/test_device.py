@@ -43,6 +43,30 @@ def _spec(tmp_path: Path, example: str, **changes) -> Path:
 
 
 CASES = {
+    "animate124": (
+        "astronaut_behind.json",
+        {
+            "num_frames": 3,
+            "method": "animate124",
+            "options": {
+                "run": "run",
+                "static_steps": 2,
+                "dynamic_steps": 1,
+                "refine_steps": 1,
+                "render_size": 16,
+                "march_steps": 16,
+                "num_times": 4,
+                "grid_levels": 4,
+                "grid_base_resolution": 4,
+                "grid_max_resolution": 32,
+                "grid_log2_table": 10,
+                "mlp_hidden": 16,
+                "tv_points": 256,
+                "reference_warmup": 0,
+                "output_side": 32,
+            },
+        },
+    ),
     "anyi2v": (
         "astronaut_behind.json",
         {
