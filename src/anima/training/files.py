@@ -108,6 +108,32 @@ def resolve_resume(
     return checked_checkpoint(resume)
 
 
+def resume_or_fresh(resume: str | None, out: Path) -> Path | None:
+    """`resolve_resume`, refusing (one `InputError`) a fresh run into a folder that already
+    holds checkpoints: the new run's would mix with them."""
+    found = resolve_resume(resume, out)
+    if found is None and resume is None and list_checkpoints(Path(out)):
+        raise InputError(
+            "the output directory already holds checkpoints of another run; pass --resume "
+            "latest or choose another --out",
+            str(out),
+        )
+    return found
+
+
+def read_record(folder: Path, weights_file: str, record_file: str) -> dict[str, Any] | None:
+    """The JSON record of a finished run folder (``weights_file`` and ``record_file`` both
+    there and readable), else None: how a method finds a LoRA or token it can reuse."""
+    folder = Path(folder)
+    if not (folder / weights_file).is_file() or not (folder / record_file).is_file():
+        return None
+    try:
+        record = json.loads((folder / record_file).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def checkpoint_state(folder: Path) -> dict[str, Any]:
     """The ``training_state.json`` of a checkpoint."""
     return json.loads((Path(folder) / STATE_FILE).read_text())

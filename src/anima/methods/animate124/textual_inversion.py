@@ -40,7 +40,6 @@ the CLI imports this module for its config.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +62,9 @@ from anima.training import (
     ProgressCallback,
     RunConfig,
     Trainer,
-    list_checkpoints,
     make_accelerator,
-    resolve_resume,
+    read_record,
+    resume_or_fresh,
     start_run,
     step_generator,
     train_loop,
@@ -638,14 +637,7 @@ def save_token(folder: Path, token: str, vector: Tensor, info: dict[str, Any]) -
 
 def read_token_info(folder: Path) -> dict[str, Any] | None:
     """The record of a complete token folder (embedding and record present), else None."""
-    folder = Path(folder)
-    if not (folder / EMBEDS_FILE).is_file() or not (folder / INFO_FILE).is_file():
-        return None
-    try:
-        info = json.loads((folder / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
+    return read_record(folder, EMBEDS_FILE, INFO_FILE)
 
 
 def load_token(run_dir: Path | str) -> tuple[str, Tensor]:
@@ -722,13 +714,7 @@ def train_token(
         if info is not None and info.get("run") == record:
             token, vector = load_token(out)
             return TokenTrainResult(out / EMBEDS_FILE, token, vector, info, cached=True)
-    resume_dir = resolve_resume(config.resume, out)
-    if resume_dir is None and config.resume is None and list_checkpoints(out):
-        raise InputError(
-            "the output directory already holds checkpoints of another run; pass --resume "
-            "latest or choose another --out",
-            str(out),
-        )
+    resume_dir = resume_or_fresh(config.resume, out)
     accelerator = make_accelerator(out, config.mixed_precision)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         str(accelerator.mixed_precision), torch.float32

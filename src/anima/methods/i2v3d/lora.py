@@ -28,7 +28,6 @@ training config on every start.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 
 from anima.errors import InputError
 from anima.methods.i2v3d.loading import LORA_FILE, Base
-from anima.training import write_json
+from anima.training import read_record, write_json
 
 #: The UNet layers the LoRA adapts (I2V3D §3.2.1; the release's list).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
@@ -151,14 +150,7 @@ def save_lora(unet: nn.Module, folder: Path, base: Base, info: dict[str, Any]) -
 
 def read_lora_info(folder: Path) -> dict[str, Any] | None:
     """The record of a complete LoRA folder (weights and record present), else None."""
-    folder = Path(folder)
-    if not (folder / LORA_FILE).is_file() or not (folder / INFO_FILE).is_file():
-        return None
-    try:
-        info = json.loads((folder / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
+    return read_record(folder, LORA_FILE, INFO_FILE)
 
 
 def check_lora(folder: Path, base: Base, image_sha256: str | None = None) -> dict[str, Any]:

@@ -87,7 +87,7 @@ from anima.training import (
     Trainer,
     list_checkpoints,
     make_accelerator,
-    resolve_resume,
+    resume_or_fresh,
     start_run,
     step_generator,
     train_loop,
@@ -585,13 +585,7 @@ def train_lora(
         info = read_lora_info(out)
         if info is not None and info.get("base") == config.base and info.get("run") == record:
             return LoraTrainResult(out / LORA_FILE, info, cached=True)
-    resume_dir = resolve_resume(config.resume, out)
-    if resume_dir is None and config.resume is None and list_checkpoints(out):
-        raise InputError(
-            "the output directory already holds checkpoints of another run; pass --resume "
-            "latest or choose another --out",
-            str(out),
-        )
+    resume_dir = resume_or_fresh(config.resume, out)
     accelerator = make_accelerator(out, config.mixed_precision)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         str(accelerator.mixed_precision), torch.float32

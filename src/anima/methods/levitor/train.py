@@ -84,9 +84,8 @@ from anima.training import (
     RunConfig,
     Trainer,
     TrainingSize,
-    list_checkpoints,
     make_accelerator,
-    resolve_resume,
+    resume_or_fresh,
     start_run,
     step_generator,
     train_loop,
@@ -561,13 +560,7 @@ def train_levitor(
         variant=config.variant,
         convention=config.control_convention,
     )
-    resume_dir = resolve_resume(config.resume, out)
-    if resume_dir is None and config.resume is None and list_checkpoints(out):
-        raise InputError(
-            "the output directory already holds checkpoints; pass --resume latest or choose "
-            "another --out",
-            str(out),
-        )
+    resume_dir = resume_or_fresh(config.resume, out)
 
     accelerator = make_accelerator(out, config.mixed_precision)
     device = accelerator.device

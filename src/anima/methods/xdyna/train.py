@@ -46,9 +46,8 @@ from anima.training import (
     RunConfig,
     Trainer,
     TrainingSize,
-    list_checkpoints,
     make_accelerator,
-    resolve_resume,
+    resume_or_fresh,
     start_run,
     step_generator,
     train_loop,
@@ -255,13 +254,7 @@ def train_xdyna(
 
     out = Path(config.out)
     dataset = XDynaDataset(config.data, config.num_frames, config.size)
-    resume_dir = resolve_resume(config.resume, out)
-    if resume_dir is None and config.resume is None and list_checkpoints(out):
-        raise InputError(
-            "the output directory already holds checkpoints; pass --resume latest or choose "
-            "another --out",
-            str(out),
-        )
+    resume_dir = resume_or_fresh(config.resume, out)
     accelerator = make_accelerator(out)
     components = load_components(weights, config.init, config.stage, config.seed)
     pipe = XDynaPipeline(**components)
