@@ -349,11 +349,18 @@ def _named_losses(losses: Losses) -> dict[str, Tensor]:
     return {"loss": sum(named.values()), **named}  # type: ignore[dict-item]
 
 
+def precision_dtype(accelerator: Any) -> torch.dtype:
+    """The dtype of the accelerator's mixed precision (float16, bfloat16), float32 without:
+    what a trainer casts its frozen models to."""
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    return dtypes.get(str(accelerator.mixed_precision), torch.float32)
+
+
 def _autocast_forwards(modules: Mapping[str, nn.Module], accelerator: Any) -> Callable[[], None]:
     """Under mixed precision, run each module's forward under autocast with float32 outputs
     (a `nn.ModuleList`/`nn.ModuleDict`: each member's); returns the undo."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(accelerator.mixed_precision))
-    if dtype is None:
+    dtype = precision_dtype(accelerator)
+    if dtype == torch.float32:
         return lambda: None
     from accelerate.utils import convert_outputs_to_fp32
 

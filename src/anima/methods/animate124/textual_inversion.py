@@ -63,6 +63,7 @@ from anima.training import (
     RunConfig,
     Trainer,
     make_accelerator,
+    precision_dtype,
     read_record,
     resume_or_fresh,
     start_run,
@@ -716,9 +717,7 @@ def train_token(
             return TokenTrainResult(out / EMBEDS_FILE, token, vector, info, cached=True)
     resume_dir = resume_or_fresh(config.resume, out)
     accelerator = make_accelerator(out, config.mixed_precision)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        str(accelerator.mixed_precision), torch.float32
-    )
+    weight_dtype = precision_dtype(accelerator)
     if components is None:
         from anima.methods.animate124.loading import load_components
 

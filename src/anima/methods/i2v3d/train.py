@@ -87,6 +87,7 @@ from anima.training import (
     Trainer,
     list_checkpoints,
     make_accelerator,
+    precision_dtype,
     resume_or_fresh,
     start_run,
     step_generator,
@@ -587,9 +588,7 @@ def train_lora(
             return LoraTrainResult(out / LORA_FILE, info, cached=True)
     resume_dir = resume_or_fresh(config.resume, out)
     accelerator = make_accelerator(out, config.mixed_precision)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        str(accelerator.mixed_precision), torch.float32
-    )
+    weight_dtype = precision_dtype(accelerator)
     components = load_base(weights, torch.float32, config.base)
     trainer = build_trainer(config, inputs, components, accelerator.device, weight_dtype)
     for name in ("text_encoder", "text_encoder_2"):

@@ -85,6 +85,7 @@ from anima.training import (
     Trainer,
     TrainingSize,
     make_accelerator,
+    precision_dtype,
     resume_or_fresh,
     start_run,
     step_generator,
@@ -564,9 +565,7 @@ def train_levitor(
 
     accelerator = make_accelerator(out, config.mixed_precision)
     device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        accelerator.mixed_precision, torch.float32
-    )
+    weight_dtype = precision_dtype(accelerator)
     components = load_frozen_models(weights)
     vae_scale = vae_scale_factor(components["vae"])
     controlnet = initial_controlnet(
