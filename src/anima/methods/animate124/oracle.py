@@ -14,6 +14,18 @@ render x_0* at the same camera and time, it returns the exact epsilon of x_t for
 (x_t - sqrt(a_t) x_0*) / sqrt(1 - a_t). Score distillation through it (with `PixelEncoder` as
 the guidance's encoder, images in [-1, 1]) gives w(t) sqrt(a_t / (1 - a_t)) (x_0 - x_0*): a pull of
 each render towards the truth, as a perfect prior of that scene would give.
+
+`oracle_priors` puts the oracle in place of Animate124's learned priors (Animate124 §3.2-3.3;
+the stage's ``priors`` mapping, `anima.methods.animate124.stages.STAGE_PRIORS`): each call
+renders the scene's truth at the call's ``views`` (the same cameras, times and size, the truth
+composited over the view's background colour by its opacity) and scores the renders with the
+very guidance classes the learned priors use (`StableDiffusionSDS` for "sd15" and "zero123",
+`VideoSDS` for "video"), their predictor `OracleEpsilon` and their encoder `PixelEncoder`,
+CFG 1. The truth carries its own fixed Lambertian light, so the experiment trains with the
+stages' ``shading="albedo"`` (the field's albedo then is the truth's shaded colour, which does
+not depend on the view). `reference_from_scene` is the reference view (image, mask, depth) at
+the reference camera at t = 0. The experiment itself: ``benchmarks/animate124.py``
+(docs/architecture.md, "The toy world").
 """
 
 from __future__ import annotations
@@ -25,6 +37,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from anima.methods.animate124.cameras import RADIUS, reference_camera
+from anima.methods.animate124.guidance import (
+    DEFAULT_SCHEDULE,
+    StableDiffusionSDS,
+    StableDiffusionSDSOptions,
+    VideoSDS,
+    VideoSDSOptions,
+    alphas_cumprod_from_config,
+    encode_video,
+)
+from anima.methods.animate124.stages import Reference, Views
 from anima.methods.animate124.volume import camera_rays
 from anima.world.clip import cast
 from anima.world.objects import Box, RigidObject, Sphere
@@ -146,3 +169,106 @@ class PixelEncoder:
 
     def __call__(self, images: Tensor) -> Tensor:
         return images * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------
+# The oracle in place of the learned priors
+# ------------------------------------------------------------------------------------------
+
+
+def truth_views(scene: ToyScene4D, views: Views, size: tuple[int, int]) -> Tensor:
+    """The scene's truth at each of ``views`` (a `anima.methods.animate124.stages.Views`: its
+    cameras and times) at ``size``, composited over ``views.background``: (N, 3, H, W)."""
+    background = torch.as_tensor(views.background, dtype=torch.float32).reshape(3, 1, 1)
+    images = []
+    for k in range(len(views)):
+        truth = scene.render(views.cameras.poses[k], views.cameras.fov, size, float(views.times[k]))
+        alpha = truth.opacity[None]
+        images.append(truth.rgb * alpha + background * (1 - alpha))
+    return torch.stack(images)
+
+
+class OraclePrior:
+    """A stage's `anima.methods.animate124.stages.Prior` scoring renders against the scene's
+    truth at the same views (module docstring). ``guidance`` is a `StableDiffusionSDS` (renders
+    (N, 3, H, W)) or, with ``video``, a `VideoSDS` (a clip (1, F, 3, H, W)); its loss is
+    returned under ``name`` (default the guidance's)."""
+
+    def __init__(
+        self,
+        scene: ToyScene4D,
+        guidance: StableDiffusionSDS | VideoSDS,
+        *,
+        video: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.scene = scene
+        self.guidance = guidance
+        self.video = video
+        self.name = name
+        self.encoder = PixelEncoder()
+
+    def __call__(
+        self,
+        images: Tensor,
+        views: Views,
+        *,
+        generator: torch.Generator,
+        control: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        truth = truth_views(self.scene, views, size).to(images)
+        if self.video:
+            condition = encode_video(self.encoder, truth[None], self.guidance.options.size)
+        else:
+            condition = self.encoder(truth)
+        losses = self.guidance(images, condition, None, generator=generator)
+        if self.name is None:
+            return losses
+        (value,) = losses.values()
+        return {self.name: value}
+
+
+def oracle_priors(
+    scene: ToyScene4D,
+    size: int,
+    *,
+    t_range: tuple[int, int] = (20, 980),
+    weight: float = 1.0,
+    zero123: bool = False,
+    grad_clip: float | None = None,
+) -> dict[str, OraclePrior]:
+    """The oracle priors of every stage (`STAGE_PRIORS`' names): "sd15" (static) and "video"
+    (dynamic, refine), and with ``zero123`` a "zero123" that scores single renders as "sd15"
+    does (loss ``sds_zero123``). ``size`` is the render side (pixel space: the guidance's
+    input side, nothing resized); CFG 1; timesteps uniform in ``t_range``; each loss times
+    ``weight``; gradient values clipped at ``grad_clip`` when given."""
+    alphas = alphas_cumprod_from_config(DEFAULT_SCHEDULE)
+    predictor, encoder = OracleEpsilon(alphas), PixelEncoder()
+    common = {
+        "size": size,
+        "guidance_scale": 1.0,
+        "t_range": t_range,
+        "weight": weight,
+        "grad_clip": grad_clip,
+    }
+    image = StableDiffusionSDS(predictor, encoder, alphas, StableDiffusionSDSOptions(**common))
+    video = VideoSDS(predictor, encoder, alphas, VideoSDSOptions(**common))
+    priors = {
+        "sd15": OraclePrior(scene, image),
+        "video": OraclePrior(scene, video, video=True),
+    }
+    if zero123:
+        priors["zero123"] = OraclePrior(scene, image, name="sds_zero123")
+    return priors
+
+
+def reference_from_scene(
+    scene: ToyScene4D, size: int, *, radius: float = RADIUS, fov: float | None = None
+) -> Reference:
+    """The reference view of Animate124 §3.2 (Eq. 4) from the truth: the scene at the
+    reference camera (polar 90, azimuth 0, ``radius``, ``fov``) at t = 0, ``size`` pixels a
+    side: image on white, mask (the opacity) and planar depth (0 off the objects)."""
+    camera = reference_camera(radius) if fov is None else reference_camera(radius, fov)
+    truth = scene.render(camera.poses[0], camera.fov, (size, size), 0.0)
+    return Reference(truth.rgb, truth.opacity, truth.depth)
