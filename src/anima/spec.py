@@ -502,3 +502,18 @@ def json_schema() -> dict[str, Any]:
     """The published JSON Schema of MotionSpec v1."""
     schema = MotionSpec.model_json_schema()
     return {"$schema": schema.pop("$schema"), "$id": SCHEMA_ID, **schema}
+
+
+def chosen_object(spec: MotionSpec, object_id: int | None, where: str) -> SceneObject | None:
+    """The object a method that works on one object takes: ``object_id``'s (an `InputError`
+    at ``where`` when the spec has none), else the first that moves, else the first; None
+    for a spec without objects."""
+    if object_id is not None:
+        for obj in spec.objects:
+            if obj.id == object_id:
+                return obj
+        raise InputError(f"the spec has no object with id {object_id}", where)
+    if not spec.objects:
+        return None
+    moved = [obj for obj in spec.objects if obj.moves]
+    return (moved or spec.objects)[0]

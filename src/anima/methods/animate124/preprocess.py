@@ -38,6 +38,7 @@ from anima.errors import InputError
 from anima.methods.animate124.stages import Reference
 from anima.scene import Scene
 from anima.spec import MotionSpec, SceneObject
+from anima.spec import chosen_object as pick_object
 
 #: The share of the square reference image the object's longer side spans (the release's
 #: preprocessing: border ratio 0.2, the object at 80 % of the side).
@@ -59,20 +60,17 @@ class Framing:
 
 
 def chosen_object(spec: MotionSpec, object_id: int | None = None) -> SceneObject:
-    """The spec's object ``object_id`` (default the first); an `InputError` when the spec has
-    none (Animate124 lifts one selected object) or no object of that id."""
-    if not spec.objects:
+    """The object Animate124 lifts (`anima.spec.chosen_object`: ``object_id``'s, else the
+    first that moves, else the first); an `InputError` when the spec selects none or has no
+    object of that id."""
+    obj = pick_object(spec, object_id, "options.object_id")
+    if obj is None:
         raise InputError(
             "Animate124 lifts one object: select it in the spec (objects[0] with a mask, "
             "polygon, box or points)",
             "objects",
         )
-    if object_id is None:
-        return spec.objects[0]
-    for obj in spec.objects:
-        if obj.id == object_id:
-            return obj
-    raise InputError(f"the spec has no object with id {object_id}", "options.object_id")
+    return obj
 
 
 def _crop(values: Tensor, top: int, left: int, side: int, fill: float) -> Tensor:

@@ -56,6 +56,7 @@ from anima.methods.animate124.augment import (
     base_image,
     flip_only,
 )
+from anima.spec import chosen_object
 from anima.training import (
     Flag,
     LoopConfig,
@@ -241,18 +242,6 @@ def _alpha(path: Path) -> Tensor | None:
     return torch.from_numpy(alpha.copy())
 
 
-def _chosen_object(spec: Any, object_id: int | None) -> Any:
-    if object_id is not None:
-        for obj in spec.objects:
-            if obj.id == object_id:
-                return obj
-        raise InputError(f"the spec has no object with id {object_id}", "--object-id")
-    if not spec.objects:
-        return None
-    moved = [obj for obj in spec.objects if obj.moves]
-    return (moved or spec.objects)[0]
-
-
 def resolve_inputs(config: TokenTrainConfig, weights: Weights) -> TokenInputs:
     """Read and check the image (a SPEC's scene image or ``--image``), the mask (``--mask``,
     the SPEC object's selection, else the image's transparency) and the init words
@@ -270,7 +259,7 @@ def resolve_inputs(config: TokenTrainConfig, weights: Weights) -> TokenInputs:
 
         spec = load_spec(config.spec)
         image_path = spec.resolve(spec.image)
-        obj = _chosen_object(spec, config.object_id)
+        obj = chosen_object(spec, config.object_id, "--object-id")
         if obj is not None and config.mask is None:
             scene = build_scene(spec, weights)
             image = scene.image.float()

@@ -79,6 +79,7 @@ from anima.methods.i2v3d.views import (
     views_digest,
 )
 from anima.models.schedules import SD_NOISE_SCHEDULE
+from anima.spec import chosen_object
 from anima.training import (
     Flag,
     LoopConfig,
@@ -210,18 +211,6 @@ def lora_prompts(
     return image_prompt, image_prompt if release else view_prompt
 
 
-def _chosen_object(spec: Any, object_id: int | None) -> Any:
-    if object_id is not None:
-        for obj in spec.objects:
-            if obj.id == object_id:
-                return obj
-        raise InputError(f"the spec has no object with id {object_id}", "--object-id")
-    if not spec.objects:
-        return None
-    moved = [obj for obj in spec.objects if obj.moves]
-    return (moved or spec.objects)[0]
-
-
 def resolve_inputs(
     config: LoraTrainConfig, weights: Weights, spec: Any = None, scene: Any = None
 ) -> LoraInputs:
@@ -242,7 +231,7 @@ def resolve_inputs(
         assert config.image is not None
         image_path, where = Path(config.image), "--image"
     image = read_image(image_path, where=where)
-    obj = _chosen_object(spec, config.object_id) if spec is not None else None
+    obj = chosen_object(spec, config.object_id, "--object-id") if spec is not None else None
     if config.views == AUTO:
         if spec is None or obj is None:
             raise InputError("'auto' views turn a spec's object: give a SPEC with one", "--views")

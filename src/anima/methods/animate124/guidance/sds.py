@@ -266,6 +266,17 @@ class ScoreDistillation:
         self.alphas_cumprod = alphas_cumprod
         self.options = options or self.options_class()
 
+    @classmethod
+    def from_components(cls, components: Mapping[str, Any], options: Any = None) -> Any:
+        """A text-conditioned prior from its diffusers components (``unet``, ``vae``,
+        ``scheduler_config``: SD1.5's, `loading`; ModelScope's, `anima.models.modelscope`)."""
+        return cls(
+            UNetEpsilon(components["unet"]),
+            VaeEncoder(components["vae"]),
+            alphas_cumprod_from_config(components.get("scheduler_config", DEFAULT_SCHEDULE)),
+            options,
+        )
+
     def from_latents(
         self,
         latents: Tensor,
@@ -307,18 +318,6 @@ class StableDiffusionSDS(ScoreDistillation):
 
     name = "sds_sd15"
     options_class = StableDiffusionSDSOptions
-
-    @classmethod
-    def from_components(
-        cls, components: Mapping[str, Any], options: StableDiffusionSDSOptions | None = None
-    ) -> StableDiffusionSDS:
-        """From SD1.5 components (``unet``, ``vae``, ``scheduler_config``: `loading`)."""
-        return cls(
-            UNetEpsilon(components["unet"]),
-            VaeEncoder(components["vae"]),
-            alphas_cumprod_from_config(components.get("scheduler_config", DEFAULT_SCHEDULE)),
-            options,
-        )
 
     def __call__(
         self,

@@ -12,20 +12,14 @@ release) is the caller's choice: nothing here fixes it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from anima.methods.animate124.guidance.sds import (
-    DEFAULT_SCHEDULE,
     LatentEncoder,
     ScoreDistillation,
-    UNetEpsilon,
-    VaeEncoder,
-    alphas_cumprod_from_config,
     resize,
 )
 
@@ -58,19 +52,6 @@ class VideoSDS(ScoreDistillation):
 
     name = "sds_video"
     options_class = VideoSDSOptions
-
-    @classmethod
-    def from_components(
-        cls, components: Mapping[str, Any], options: VideoSDSOptions | None = None
-    ) -> VideoSDS:
-        """From ModelScope components (``unet``, ``vae``, ``scheduler_config``:
-        `anima.models.modelscope`)."""
-        return cls(
-            UNetEpsilon(components["unet"]),
-            VaeEncoder(components["vae"]),
-            alphas_cumprod_from_config(components.get("scheduler_config", DEFAULT_SCHEDULE)),
-            options,
-        )
 
     def __call__(
         self,
