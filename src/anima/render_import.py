@@ -28,7 +28,7 @@ nearest pixel, `anima.scene.nearest_source_pixels`, as `anima.scene.Scene.resize
 
 Depth. The release reads the R channel of Blender's depth output (Z mapped linearly from 0-0.3
 to 0-1 and inverted, near is bright) and min-max normalises it PER FRAME to 0-255
-(REFERENCE.md, I2V3D). That is all a file carries: each frame's depth up to its own unknown
+(README, "I2V3D"). That is all a file carries: each frame's depth up to its own unknown
 affine map. It is read the same way (R channel, min-max per frame: n in [0, 1], 1 = nearest) and
 mapped LINEARLY (Blender's mapping is linear in Z, not in disparity) onto the scene's distance
 range: distance = far - n (far - near), with near and far the scene's nearest and farthest

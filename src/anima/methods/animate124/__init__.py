@@ -1,5 +1,5 @@
 """Animate124: one image and a prompt to a 4D scene by three-stage score distillation, seen
-along the spec's camera at the spec's times (Animate124 §3; REFERENCE "Animate124").
+along the spec's camera at the spec's times (Animate124 §3; README, "Animate124").
 
 (docs/architecture.md, "A method folder", "Adding a method".) One job a module: `grid` and
 `field` are the 4D grid dynamic NeRF (§3.1), `volume` its renderer, `cameras` the release's

@@ -1,5 +1,5 @@
 """The reference image's augmentations for Animate124's textual inversion, in pure torch
-(Animate124 §3.4; REFERENCE "Animate124": "heavy augmentation (rotation, crop, colour jitter,
+(Animate124 §3.4; README, "Animate124": "heavy augmentation (rotation, crop, colour jitter,
 grey, blur, flip)"; docs/architecture.md, "Conventions" and "The training loop").
 
 Every random number is drawn from the ``torch.Generator`` passed in (the training loop's

@@ -1,6 +1,6 @@
 """What an Animate124 run exports: the release's orbit videos and a mesh per time.
 
-(REFERENCE "Animate124", outputs: 10 views on a circle, polar 90, 36 deg apart, x 64 frames;
+(README, "Animate124", outputs: 10 views on a circle, polar 90, 36 deg apart, x 64 frames;
 docs/architecture.md, "The CLI's promises".) ``anima export animate124 RUN -o DIR`` writes,
 from the run's last finished stage (`anima.methods.animate124.train.load_stage_field`):
 

@@ -1,6 +1,6 @@
 """Animate124's priors: from a weights directory, or tiny random ones (``--weights tiny``).
 
-(Animate124 §3.2-3.4; REFERENCE "Animate124"; docs/architecture.md, "Models and weights".)
+(Animate124 §3.2-3.4; README, "Animate124"; docs/architecture.md, "Models and weights".)
 Four components, each a folder of the weights directory (``--weights DIR``)::
 
     DIR/sd15/             SD1.5, diffusers layout: model_index.json, unet/, vae/,

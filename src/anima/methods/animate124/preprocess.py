@@ -1,6 +1,6 @@
 """Animate124's reference view from a MotionSpec: the object, its mask and depth, squared.
 
-(Animate124 §3.2, Eq. 4's reference RGB, mask and depth; REFERENCE "Animate124",
+(Animate124 §3.2, Eq. 4's reference RGB, mask and depth; README, "Animate124",
 preprocessing; docs/architecture.md, "Data flow".) The release cuts the foreground out with
 carvekit, estimates depth with MiDaS and pads the object to a square; here the spec's scene
 (`anima.scene.build_scene`) gives all three:

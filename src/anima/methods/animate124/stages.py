@@ -1,7 +1,7 @@
 """Animate124's three optimisation stages as one `Trainer` on the shared training loop.
 
 (Animate124 §3.2 static, Eq. 3-5; §3.3 coarse dynamic, Eq. 6-8; §3.4 semantic refinement,
-Eq. 9-10; §4.1 and REFERENCE "Animate124" for the settings; docs/architecture.md, "The training
+Eq. 9-10; §4.1 and README, "Animate124" for the settings; docs/architecture.md, "The training
 loop".) `Animate124Trainer(stage, field, reference, priors, options)` trains ``field`` (a
 `Field4D`: one time grid in the static stage, `Field4D.from_static`'s T grids after) for one
 stage; `anima.methods.animate124.train` chains the stages in a run folder.
@@ -39,7 +39,7 @@ stream ``s`` a purpose, so a resumed stage continues exactly):
   conditioned on a frozen copy of the dynamic stage's field rendered at the same cameras,
   times, background and shading (Eq. 9-10).
 
-**Regularisers** (REFERENCE: entropy 1e-3, orientation 1e-2, normal smoothness 0.5), on every
+**Regularisers** (the release: entropy 1e-3, orientation 1e-2, normal smoothness 0.5), on every
 scored render (not the reference view): entropy of the opacity (stable-dreamfusion's binary
 entropy, log2), and, where the shading computed normals, the orientation loss (the renderer's
 per-ray ``orientation``: weight x max(0, n.d)^2, mean over pixels) and 2D normal smoothness
@@ -100,7 +100,7 @@ PLAN_STREAM, NOISE_STREAM, RENDER_STREAM, TV_STREAM = 0, 1, 2, 3
 
 
 class StageOptions(BaseModel):
-    """Every setting of the three stages (Animate124 §4.1; REFERENCE "Animate124"). Defaults
+    """Every setting of the three stages (Animate124 §4.1; README, "Animate124"). Defaults
     are the paper's where paper and release differ; the release's value is named in the
     description."""
 

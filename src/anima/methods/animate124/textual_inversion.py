@@ -1,5 +1,5 @@
 """Animate124's textual inversion: a token for the reference image in SD1.5 (Animate124 §3.4,
-"Semantic Refinement"; REFERENCE "Animate124") on `anima.training.train_loop`
+"Semantic Refinement"; README, "Animate124") on `anima.training.train_loop`
 (docs/architecture.md, "The training loop"): ``anima train animate124-token``, `train_token`,
 and `load_token` for the refinement stage (SD1.5 is the base of ControlNet-Tile, which is
 conditioned on prompts with this token).
@@ -126,7 +126,7 @@ TEMPLATES: tuple[str, ...] = (
 
 
 class TokenTrainConfig(RunConfig):
-    """Settings of a textual-inversion run (defaults: the release's, REFERENCE "Animate124").
+    """Settings of a textual-inversion run (defaults: the release's, README, "Animate124").
     Fields with a `Flag` are ``anima train animate124-token`` options; ``spec`` is its SPEC
     argument."""
 

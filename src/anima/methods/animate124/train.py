@@ -76,7 +76,7 @@ PRIOR_SOURCES = {
     "video": "modelscope",
     "tile": "controlnet_tile",
 }
-#: The release's input side of each prior (REFERENCE "Animate124").
+#: The release's input side of each prior (README, "Animate124").
 RELEASE_PRIOR_SIZES = {"sd15": 512, "zero123": 256, "video": 256, "tile": 1024}
 #: The smallest input side of a tiny prior (its UNets need 4 x 4 latents).
 TINY_MIN_PRIOR_SIZE = 32

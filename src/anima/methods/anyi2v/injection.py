@@ -1,6 +1,6 @@
 """AnyI2V's first-frame feature injection in the sampling pass, through the hook layer.
 
-(REFERENCE, "AnyI2V"; AnyI2V, appendix A.2 "Reference Frame Control": the first frame is
+(README, "AnyI2V"; AnyI2V, appendix A.2 "Reference Frame Control": the first frame is
 controlled by injecting features on the early steps.) On the step indices `INJECTION_STEPS`
 (0-3 of 25, t = 961..841) of the main classifier-free-guidance pass, in the CONDITIONAL half only
 (the unconditional half stays the plain model's), on the layers of

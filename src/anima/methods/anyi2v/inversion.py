@@ -1,6 +1,6 @@
 """AnyI2V's DDIM inversion of the conditional image: the features injected into frame 0.
 
-(AnyI2V, appendix A.1 "Details of DDIM Inversion"; REFERENCE, "AnyI2V".) The condition latent
+(AnyI2V, appendix A.1 "Details of DDIM Inversion"; README, "AnyI2V".) The condition latent
 goes through the video UNet as ONE frame with the motion modules off (the temporal layers are
 disabled for a single image, so the UNet is the SD UNet it was made from:
 `anima.attention.skip_motion_modules`), conditioned on the generation prompt, without

@@ -1,6 +1,6 @@
 """The `AnyI2VPipeline` components: from a weights directory, or tiny random ones.
 
-AnyI2V's release runs on AnimateDiff (REFERENCE, "AnyI2V"): an SD1.5 UNet turned into a
+AnyI2V's release runs on AnimateDiff (README, "AnyI2V"): an SD1.5 UNet turned into a
 `UNetMotionModel` by the AnimateDiff v3 `MotionAdapter` (v1-5-3, no mid-block motion module),
 SD1.5's VAE, CLIP text encoder and tokenizer, and a DDIM sampler configured as the release's
 AnimateDiff inference config. Weights (``--weights DIR``, docs/architecture.md, "Models and
@@ -12,7 +12,7 @@ weights")::
                          original single-file layout (the release: realisticVisionV60B1)
 
 The personalised checkpoint replaces SD1.5's spatial UNet weights, and its VAE and text encoder
-where the file holds them (REFERENCE, "AnyI2V"), before the motion modules are added: it is read
+where the file holds them (README, "AnyI2V"), before the motion modules are added: it is read
 with diffusers' single-file loading (`StableDiffusionPipeline.from_single_file`) against
 ``DIR/sd15``'s configs, offline (`load_personalized`).
 

@@ -1,7 +1,7 @@
 """AnyI2V's latent optimisation along the box trajectories: the motion control.
 
 (AnyI2V, appendix A.1 "Details of Optimization", "Details of loss function"; appendix A.3;
-REFERENCE, "AnyI2V"; docs/architecture.md, "The hook layer".) On the step indices
+README, "AnyI2V"; docs/architecture.md, "The hook layer".) On the step indices
 `OPTIMISATION_STEPS` (0-5), before that step's main denoising pass, the latent is optimised
 `ITERATIONS` (5) times with AdamW (lr 0.01). Each iteration:
 

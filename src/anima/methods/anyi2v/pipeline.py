@@ -1,7 +1,7 @@
 """`AnyI2VPipeline`: AnimateDiff sampling with AnyI2V's first-frame control from any
 conditional image (AnyI2V: "Animating Any Conditional Image with Motion Control").
 
-Components (REFERENCE, "AnyI2V"; `anima.methods.anyi2v.loading`): a `UNetMotionModel` (an SD1.5
+Components (README, "AnyI2V"; `anima.methods.anyi2v.loading`): a `UNetMotionModel` (an SD1.5
 UNet with AnimateDiff's motion modules), SD's `AutoencoderKL`, `CLIPTextModel` and
 `CLIPTokenizer`, and the release's `DDIMScheduler` (linear betas 0.00085-0.012, steps offset 1,
 eta 0). Defaults are the release's: 25 steps, classifier-free guidance 8, 16 frames. The UNet

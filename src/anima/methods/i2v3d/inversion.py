@@ -1,6 +1,6 @@
 """I2V3D §3.2.2's DDIM inversion of the rendered keyframes, every step's latent kept.
 
-(REFERENCE, "I2V3D": 50 DDIM steps, empty prompt, no classifier-free guidance, with the LoRA UNet
+(README, "I2V3D": 50 DDIM steps, empty prompt, no classifier-free guidance, with the LoRA UNet
 and the depth ControlNet.) The inverse DDIM (`diffusers.DDIMInverseScheduler` of the sampler's
 config) visits the sampling's timesteps in reverse: at the inverse step with timestep t_i the
 model predicts the noise of the current latent at timestep t_i and the latent moves to noise

@@ -1,7 +1,7 @@
 """I2V3D §3.2's keyframe guidance: which frames are keyframes, what the render gives them, and
 the hooks of one window of keyframes (docs/architecture.md, "The hook layer").
 
-Keyframes (REFERENCE, "I2V3D"): every ``every``-th frame from frame 0 (`keyframe_indices`).
+Keyframes (README, "I2V3D"): every ``every``-th frame from frame 0 (`keyframe_indices`).
 Each keyframe's render gives its depth condition (`depth_condition`: near bright, min-max per
 frame to [0, 1], three channels, as depth ControlNets read), its foreground (object ids > 0)
 and its visibility (the pixels the reconstruction covers).
@@ -89,7 +89,7 @@ def step_count(fraction: float, steps: int) -> int:
 
 def depth_condition(distance: Tensor) -> Tensor:
     """(K, H, W) distances -> (K, 3, H, W) depth images in [0, 1] as depth ControlNets read
-    them (REFERENCE, "I2V3D": Blender's depth inverted, min-max normalised per frame): each
+    them (README, "I2V3D": Blender's depth inverted, min-max normalised per frame): each
     frame's nearest point 1, farthest 0; a flat frame is 0."""
     flat = distance.float().flatten(1)
     near, far = flat.min(dim=1).values, flat.max(dim=1).values

@@ -4,7 +4,7 @@ weights").
 
 I2V3D §3.2 generates keyframes with SDXL, a LoRA trained on the object's views and a depth
 ControlNet (the release: ``controlnet-depth-sdxl-1.0`` at scale 1, SDXL's VAE replaced by the
-fp16-fix one; REFERENCE, "I2V3D"). The same pipeline runs on SD1.5 with its depth ControlNet
+fp16-fix one; README, "I2V3D"). The same pipeline runs on SD1.5 with its depth ControlNet
 (``base = "sd15"``). Weights (``--weights DIR``)::
 
     DIR/sdxl/                     SDXL base, diffusers layout (unet, vae, text_encoder,

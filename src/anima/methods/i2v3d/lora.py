@@ -1,7 +1,7 @@
 """I2V3D's LoRA on the base UNet (I2V3D §3.2.1): its layers, its file and the record beside it.
 
 The paper customises Stable Diffusion to the input image with LoRA "for the attention layers and
-feedforward layers of the self-attention and cross-attention block"; the release (REFERENCE,
+feedforward layers of the self-attention and cross-attention block"; the release (README,
 "I2V3D") trains rank 32, alpha 32, on ``to_q``, ``to_k``, ``to_v``, ``to_out.0``,
 ``ff.net.0.proj`` and ``ff.net.2`` of the UNet only (`LORA_TARGETS`), the text encoders frozen.
 

@@ -1,6 +1,6 @@
 """`I2V3DKeyframePipeline`: I2V3D §3.2's keyframe generation, one code path for SDXL and SD1.5.
 
-(I2V3D §3.2, "Keyframe generation"; REFERENCE, "I2V3D"; docs/architecture.md, "A method
+(I2V3D §3.2, "Keyframe generation"; README, "I2V3D"; docs/architecture.md, "A method
 folder".) Components (`anima.methods.i2v3d.loading`): a text-to-image `UNet2DConditionModel`,
 its `AutoencoderKL`, CLIP text encoder(s) and tokenizer(s) (SDXL: two, the second with a
 projection, and SDXL's "text_time" added conditioning), a depth `ControlNetModel` and the

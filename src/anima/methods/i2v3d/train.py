@@ -9,7 +9,7 @@ frozen. The base is SDXL (the paper's) or SD1.5, the same code: SDXL's UNet also
 conditions, the pooled text embedding of the second text encoder and the six time ids
 ``(original H, W, crop top, left, target H, W)``.
 
-Each step (the release's settings, REFERENCE "I2V3D"): batch 1, AdamW (lr 1e-4 constant, weight
+Each step (the release's settings, README, "I2V3D"): batch 1, AdamW (lr 1e-4 constant, weight
 decay 1e-4), gradients clipped to 1, 500 steps.
 
 - **Input image**: resized so its short side is the resolution (512), a random square crop of
@@ -107,7 +107,7 @@ SD_TRAINING_SCHEDULE: dict[str, Any] = SD_NOISE_SCHEDULE
 
 
 class LoraTrainConfig(RunConfig):
-    """Settings of an I2V3D LoRA run (defaults: the release's, REFERENCE "I2V3D"). Fields with
+    """Settings of an I2V3D LoRA run (defaults: the release's, README, "I2V3D"). Fields with
     a `Flag` are ``anima train i2v3d-lora`` options; ``spec`` is its SPEC argument."""
 
     spec: Path | None = Field(None, description="MotionSpec: its image, object and prompt.")

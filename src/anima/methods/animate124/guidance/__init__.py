@@ -1,6 +1,6 @@
 """Animate124's score-distillation guidances, each a plain object returning named losses.
 
-(Animate124 §3.2-3.4; REFERENCE "Animate124"; docs/architecture.md, "A method folder".)
+(Animate124 §3.2-3.4; README, "Animate124"; docs/architecture.md, "A method folder".)
 
 | class | prior | paper | loss name |
 | --- | --- | --- | --- |

@@ -1,6 +1,6 @@
 """Score distillation sampling (SDS) from any epsilon predictor, and the SD1.5 prior.
 
-(Animate124 §3.2, Eq. 3; §3.3, Eq. 6-7; §3.4, Eq. 9; REFERENCE "Animate124": g = w(t)
+(Animate124 §3.2, Eq. 3; §3.3, Eq. 6-7; §3.4, Eq. 9; README, "Animate124": g = w(t)
 (eps_hat - eps), w = 1 - alpha_bar_t, t uniform in a range, no annealing.)
 
 A guidance never backpropagates through its diffusion model: it draws t and eps, noises the
@@ -73,7 +73,7 @@ def alphas_cumprod_from_config(config: Mapping[str, Any]) -> Tensor:
 
 
 def sds_weight(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
-    """w(t) = 1 - alpha_bar_t (REFERENCE "Animate124"), float32, on the timesteps' device."""
+    """w(t) = 1 - alpha_bar_t (README, "Animate124"), float32, on the timesteps' device."""
     return (1.0 - alphas_cumprod.to(timesteps.device)[timesteps]).float()
 
 
@@ -173,7 +173,7 @@ def sds_loss(latents: Tensor, gradient: Tensor, weights: Tensor | float = 1.0) -
 
 def resize(images: Tensor, size: int | tuple[int, int]) -> Tensor:
     """Images (N, C, H, W) bilinearly resized to ``size`` (a side, or (H, W)), as the release
-    upsamples its 128 px renders for each prior (REFERENCE "Animate124")."""
+    upsamples its 128 px renders for each prior (README, "Animate124")."""
     target = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(images.shape[-2:]) == target:
         return images
@@ -236,7 +236,7 @@ def encode_text(tokenizer: Any, text_encoder: Any, prompts: str | list[str]) -> 
 
 @dataclass(frozen=True, kw_only=True)
 class StableDiffusionSDSOptions:
-    """SD1.5 SDS of the static stage (REFERENCE "Animate124"; Animate124 §3.2)."""
+    """SD1.5 SDS of the static stage (README, "Animate124"; Animate124 §3.2)."""
 
     guidance_scale: float = 100.0
     t_range: tuple[int, int] = (200, 600)

@@ -1,6 +1,6 @@
 """ControlNet-Tile SDS: the semantic refinement prior (SD1.5 + ControlNet Tile v1.1).
 
-(Animate124 §3.4, Eq. 9, SDS-R; REFERENCE "Animate124": CFG 7.5, t in [200, 800], 2 of the
+(Animate124 §3.4, Eq. 9, SDS-R; README, "Animate124": CFG 7.5, t in [200, 800], 2 of the
 16 frames at 1024, conditioned on a frozen copy of the stage-2 field's renders, the textual-
 inversion token in the prompt, "gradient from the predicted x0".)
 
@@ -91,7 +91,7 @@ class ControlNetEpsilon:
 
 @dataclass(frozen=True, kw_only=True)
 class TileOptions:
-    """ControlNet-Tile SDS (REFERENCE "Animate124"; Animate124 §3.4, lambda_R = 1)."""
+    """ControlNet-Tile SDS (README, "Animate124"; Animate124 §3.4, lambda_R = 1)."""
 
     guidance_scale: float = 7.5
     t_range: tuple[int, int] = (200, 800)

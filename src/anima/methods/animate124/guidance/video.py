@@ -1,6 +1,6 @@
 """Text-to-video SDS (ModelScope): the motion prior of the dynamic stages.
 
-(Animate124 §3.3, Eq. 6, SDS-T; REFERENCE "Animate124": ModelScope text-to-video on 16 frames
+(Animate124 §3.3, Eq. 6, SDS-T; README, "Animate124": ModelScope text-to-video on 16 frames
 at 256, CFG 100, t in [20, 980], gradient values clipped at 1 in the dynamic stages.)
 
 The rendered clip (B, F, 3, H, W) is resized frame by frame, encoded by the VAE frame by frame
@@ -26,7 +26,7 @@ from anima.methods.animate124.guidance.sds import (
 
 @dataclass(frozen=True, kw_only=True)
 class VideoSDSOptions:
-    """ModelScope text-to-video SDS (REFERENCE "Animate124"; Animate124 §3.3)."""
+    """ModelScope text-to-video SDS (README, "Animate124"; Animate124 §3.3)."""
 
     guidance_scale: float = 100.0
     t_range: tuple[int, int] = (20, 980)

@@ -72,7 +72,7 @@ def zero123_pose(
     reference_radius: Tensor | float = REFERENCE_RADIUS,
 ) -> Tensor:
     """Zero-1-to-3's relative pose (..., 4) of a view against the reference view, exactly as
-    REFERENCE gives it: [d_polar in radians, sin(-d_az), cos(d_az), d_radius], with
+    the release computes it: [d_polar in radians, sin(-d_az), cos(d_az), d_radius], with
     d = current - reference, angles in degrees (d_az wrapped to [-180, 180))."""
     polar = _as_tensor(polar)
     azimuth = _as_tensor(azimuth, polar)
@@ -201,7 +201,7 @@ def clip_normalise(
 
 @dataclass(frozen=True, kw_only=True)
 class Zero123Options:
-    """Zero-1-to-3 XL SDS (REFERENCE "Animate124"; Animate124 §3.2, lambda_3D = 40)."""
+    """Zero-1-to-3 XL SDS (README, "Animate124"; Animate124 §3.2, lambda_3D = 40)."""
 
     guidance_scale: float = 5.0
     t_range: tuple[int, int] = (200, 600)
