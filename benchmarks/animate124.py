@@ -62,15 +62,14 @@ import functools
 import json
 import os
 import platform
-import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from memory import peak_rss_gib
 
 from anima.methods.animate124.cameras import make_cameras
 from anima.methods.animate124.field import Field4D, parameter_count
@@ -230,19 +229,6 @@ def stage_speed(
         speeds[stage] = 1.0 / statistics.median(gaps) if gaps else float("nan")
         report(f"speed {size}x{size} {stage}: {speeds[stage]:.3f} it/s ({len(gaps)} timed)")
     return speeds
-
-
-def peak_rss_gib() -> float:
-    """The process's peak resident memory (``VmHWM``; ``ru_maxrss`` where there is no /proc)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / GIB
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB
 
 
 def machine() -> dict[str, Any]:

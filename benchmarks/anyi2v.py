@@ -51,15 +51,14 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from memory import peak_rss_gib, reset_peak_rss
 
 from anima.attention import skip_motion_modules
 from anima.methods.anyi2v.boxes import BoxTrack
@@ -99,37 +98,6 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def _status_gib(field: str) -> float | None:
-    """A ``kB`` field of ``/proc/self/status`` in GiB (None off Linux)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024 / GIB
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (``VmHWM``) to its current RSS (Linux 4.0+)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_gib() -> float:
-    """Peak RSS since the last `reset_peak_rss` (else of the whole process: ``ru_maxrss``)."""
-    peak = _status_gib("VmHWM")
-    if peak is None:
-        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB
-    return peak
 
 
 def memory_available_gib() -> float | None:

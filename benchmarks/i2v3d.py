@@ -47,7 +47,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ from typing import Any
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
+from memory import peak_rss_gib, reset_peak_rss
 
 from anima.attention import StepCounter
 from anima.methods.i2v3d.keyframes import Guidance, WindowGuidance, depth_condition
@@ -112,27 +112,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - wall, time.process_time() - cpu, out
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_gib() -> float:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / GIB
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB
 
 
 def scene(count: int, size: tuple[int, int], seed: int = 0) -> dict[str, torch.Tensor]:
