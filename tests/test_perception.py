@@ -157,45 +157,9 @@ def test_mask_from_points_errors(disc_scene) -> None:
 
 
 def _save_tiny_depth_anything(directory: Path, kind: str) -> Path:
-    from transformers import (
-        DepthAnythingConfig,
-        DepthAnythingForDepthEstimation,
-        Dinov2Config,
-        DPTImageProcessor,
-    )
+    from anima.models.tiny_depth import save_tiny_depth_anything
 
-    backbone = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        mlp_ratio=2,
-        patch_size=14,
-        image_size=56,
-        out_indices=[1, 2],
-        reshape_hidden_states=False,
-    )
-    config = DepthAnythingConfig(
-        backbone_config=backbone,
-        patch_size=14,
-        reassemble_hidden_size=32,
-        reassemble_factors=[2, 1],
-        neck_hidden_sizes=[8, 16],
-        fusion_hidden_size=8,
-        head_hidden_size=4,
-        depth_estimation_type=kind,
-        max_depth=20,
-    )
-    torch.manual_seed(0)
-    model = DepthAnythingForDepthEstimation(config).eval()
-    with torch.no_grad():  # random init is nearly constant; make the output vary over the image
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.3)
-    model.save_pretrained(directory)
-    processor = DPTImageProcessor(
-        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14
-    )
-    processor.save_pretrained(directory)
-    return directory
+    return save_tiny_depth_anything(directory, kind)
 
 
 def test_depth_anything_relative(tmp_path: Path, disc_scene) -> None:

@@ -44,16 +44,30 @@ class Component:
     optional: bool = False
     #: Sub-paths of ``subdir`` tried in order (e.g. an official release nests its files).
     layouts: tuple[str, ...] = ("",)
+    #: Files of which at least one must be present too (a model shipped in several formats).
+    required_any: tuple[str, ...] = ()
 
     def folder(self, root: Path | None) -> Path | None:
-        """The first layout of ``root / subdir`` holding every required file, else None."""
+        """The first layout of ``root / subdir`` holding every required file (and one of
+        ``required_any`` when given), else None."""
         if root is None:
             return None
         for layout in self.layouts:
             folder = root / self.subdir / layout if layout else root / self.subdir
-            if all((folder / f).is_file() for f in self.required_files):
-                return folder
+            if not all((folder / f).is_file() for f in self.required_files):
+                continue
+            if self.required_any and not any((folder / f).is_file() for f in self.required_any):
+                continue
+            return folder
         return None
+
+    def missing(self, root: Path) -> str:
+        """What is missing under ``root / subdir`` (for error messages)."""
+        looked = root / self.subdir
+        for name in self.required_files:
+            if not (looked / name).is_file():
+                return name
+        return " or ".join(self.required_any)
 
     def present(self, root: Path | None) -> bool:
         return self.folder(root) is not None
@@ -188,8 +202,9 @@ class Weights:
                 "--weights",
             )
         looked = self.root / component.subdir
-        missing = next(f for f in component.required_files if not (looked / f).is_file())
-        raise InputError(f"{component.name}: {missing} not found", f"in {looked}")
+        raise InputError(
+            f"{component.name}: {component.missing(self.root)} not found", f"in {looked}"
+        )
 
     def describe(self) -> str:
         if self.builtin:
