@@ -17,6 +17,7 @@ from anima.methods.animate124 import Animate124Options, spec_cameras
 from anima.methods.animate124.cameras import make_cameras, reference_camera
 from anima.methods.animate124.preprocess import Framing, reference_view
 from anima.methods.animate124.stages import STAGES
+from anima.methods.animate124.textual_inversion import load_token
 from anima.methods.animate124.train import is_finished, load_reference
 from anima.methods.registry import get_method
 from anima.scene import Scene
@@ -43,6 +44,9 @@ FAST = {
     "shading": "albedo",
     "reference_warmup": 0,
     "output_side": 32,
+    "token_steps": 2,
+    "token_batch_size": 2,
+    "token_resolution": 64,
 }
 
 
@@ -95,6 +99,8 @@ def test_animate_trains_every_stage_and_writes_the_specs_frames(trained) -> None
     assert frames.shape[0] == 3 and tuple(frames.shape[-2:]) == (SIDE, SIDE) and fps == 8
     run = folder / "run"
     assert all(is_finished(run, stage) for stage in STAGES)
+    token, vector = load_token(run / "token")  # textual inversion ran before refine
+    assert token == "<animate124>" and vector.ndim == 1
     reference = load_reference(run)
     assert reference.image.shape == (3, 16, 16) and float(reference.mask.sum()) > 10
 

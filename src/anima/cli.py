@@ -209,6 +209,71 @@ def _split_across_processes(jobs: list, device: str) -> tuple[list, str]:
     return mine, device
 
 
+@app.command("compare")
+def compare_command(
+    spec: Annotated[Path, typer.Argument(help="MotionSpec JSON file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The grid video (.mp4 or .gif).")],
+    methods: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated methods (default: all whose weights are present)."),
+    ] = None,
+    weights: WeightsOption = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    frames: Annotated[int | None, typer.Option(help="Override the spec's num_frames.")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Working size: the longer side (coordinates scaled).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps of each method.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the spec's seed.")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="A reference video the metrics compare against.")
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="Comma-separated metrics (default: all that can run).")
+    ] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run SPEC through several methods and write them side by side, labelled, to OUTPUT.
+
+    The coarse render comes first, then each method named (default: every method whose
+    weights are present and that can run the spec). The metrics of each video go beside the
+    grid as OUTPUT with .json. Everything is checked before the first render; the grid and
+    its JSON are written together or not at all."""
+    from anima.eval.compare import check_grid_output, plan_compare, run_compare
+    from anima.eval.runs import parse_overrides
+
+    parse_device(device)
+    parse_dtype(dtype)
+    check_grid_output(output)
+    given = {"frames": frames, "size": size, "steps": steps, "seed": seed}
+    overrides = parse_overrides(given, "command-line overrides")
+    names = _comma_list(methods, "--methods")
+    wanted = _comma_list(metrics, "--metrics")
+    source = Weights.resolve(weights, allow_pickle=allow_pickle)
+    plan = plan_compare(spec, source, names, overrides)
+    out_console = _console(quiet)
+    for name, why in plan.skipped.items():
+        out_console.print(f"skipped {name}: {why}", markup=False, highlight=False)
+    with out_console.status("starting") as status:
+        report = run_compare(
+            plan, output, source, device=device, dtype=dtype, reference=reference,
+            metrics=wanted, on_stage=lambda text: status.update(text),
+        )  # fmt: skip
+    out_console.print(f"wrote {output} ({', '.join(report['methods'])}) and its metrics")
+
+
+def _comma_list(text: str | None, where: str) -> list[str] | None:
+    """``a,b,c`` as a list (None when not given); an empty list is an input error."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InputError("names nothing", where)
+    return items
+
+
 @app.command("demo")
 def demo_command(
     output: Annotated[Path, typer.Option("-o", "--output")] = Path("anima-demo.mp4"),
@@ -371,6 +436,11 @@ def weights_list(ctx: typer.Context, weights: WeightsOption = None) -> None:
             state = "missing " + ", ".join(missing) if missing else "ready"
             label = f"{name} ({variant})" if variant else name
             print(f"  {label:<27} {state:<24} {cls.summary}")
+    from anima.metrics.components import METRIC_COMPONENTS
+
+    for component in METRIC_COMPONENTS:
+        state = "present" if component.present(source.root) else "absent (metric skipped)"
+        print(f"  {component.subdir:<27} {state:<24} {component.purpose}")
 
 
 @convert_app.command("levitor")

@@ -172,3 +172,183 @@ def levitor_command(
         with atomic_path(json_out) as path:
             path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         err.print(f"wrote {json_out}")
+
+
+def _metric_cell(value: float) -> str:
+    if not math.isfinite(value):
+        return "inf" if value > 0 else ("nan" if math.isnan(value) else "-inf")
+    return f"{value:.4g}"
+
+
+def video_table(report: Any, title: str) -> Table:
+    """One row a computed metric (value, direction, the paper that reports it)."""
+    from anima.eval.video import METRICS, higher_is_better
+
+    table = Table(title=title)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right")
+    table.add_column("better", justify="center")
+    table.add_column("reported in")
+    for name, value in report.values.items():
+        base = METRICS[name.removeprefix("fg_").removeprefix("bg_")]
+        arrow = "↑" if higher_is_better(name) else "↓"
+        table.add_row(name, _metric_cell(value), arrow, base.paper)
+    return table
+
+
+@eval_app.command("video")
+def video_command(
+    generated: Annotated[Path, typer.Argument(help="The generated video (.mp4, .gif, frames).")],
+    reference: Annotated[
+        Path | None, typer.Option("--reference", help="Ground-truth video (same frames, size).")
+    ] = None,
+    render: Annotated[
+        Path | None,
+        typer.Option("--render", help="Guidance render (I2V3D layout) or an `--dump` folder."),
+    ] = None,
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="The spec the video was made from.")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Text for CLIP-T.")] = None,
+    masks: Annotated[
+        Path | None, typer.Option("--masks", help="Foreground masks as a video or frames.")
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", help="Comma-separated metrics (default all).")
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="Weights directory or 'tiny' (default $ANIMA_WEIGHTS)."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the scores here (default: none).")
+    ] = None,
+    clip_length: Annotated[int, typer.Option(help="Frames per FVD clip.", min=2)] = 16,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Every metric the papers report whose inputs are given and whose weights are present.
+
+    The others are listed as skipped, each with what it needs (README, "Evaluation")."""
+    from anima.eval.video import check_metric_names, evaluate, inputs_from
+    from anima.io import atomic_path, read_video
+    from anima.output_paths import check_output
+    from anima.pipeline import resolve_spec
+    from anima.spec import load_spec
+    from anima.weights import Weights
+
+    source = Weights.resolve(weights)
+    wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    if wanted is not None:
+        check_metric_names(wanted)
+    if json_out is not None:
+        json_out = check_output(json_out, folder=False, where="--json")
+    frames, _fps = read_video(generated, where="GENERATED")
+    resolved = None
+    if spec is not None:  # at the video's length, as `anima animate --frames N` resolves it
+        resolved = resolve_spec(load_spec(spec), num_frames=len(frames), weights=source)
+    inputs = inputs_from(frames, resolved, reference, render, prompt, masks=masks, weights=source)
+    err = Console(stderr=True, quiet=quiet)
+    with Progress(
+        TextColumn("metrics"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+    ) as progress:
+        task = progress.add_task("", total=None)
+        report = evaluate(
+            inputs,
+            source,
+            device=device,
+            metrics=wanted,
+            clip_length=clip_length,
+            on_metric=lambda name: progress.update(task, description=name),
+        )
+    out = Console()
+    out.print(video_table(report, f"{generated.name}: {len(report.values)} metrics"))
+    for name, why in report.skipped.items():
+        out.print(f"skipped {name}: {why}", highlight=False)
+    if json_out is not None:
+        payload = {"video": str(generated), **report.to_json()}
+        with atomic_path(json_out) as path:
+            path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        err.print(f"wrote {json_out}")
+
+
+# --------------------------------------------------------------------------- anima eval suite
+
+
+@eval_app.command("suite")
+def suite_command(
+    suite_file: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite JSON file.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Results folder (default: <suite name>-results beside it)."),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="'tiny', 'toy' or a directory (default: the suite's, $ANIMA_WEIGHTS)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run a suite's specs through its methods, score them and print the table.
+
+    Writes OUT/videos/<case>/<method>.mp4, OUT/scores/<case>/<method>.json and
+    OUT/table.json + table.csv (rows methods, columns metrics). Every case is checked before
+    the first render; finished cases (their score records the same inputs) are not run again,
+    so an interrupted suite resumes. Under `accelerate launch` the cases are split across the
+    processes (docs/eval_suite_draft.md)."""
+    from anima.eval.suite import (
+        default_out,
+        load_suite,
+        plan_suite,
+        read_score,
+        rich_table,
+        run_suite,
+        suite_weights,
+    )
+    from anima.output_paths import check_output
+    from anima.pipeline import parse_device, parse_dtype
+
+    parse_device(device)
+    parse_dtype(dtype)
+    suite = load_suite(suite_file)
+    out = out if out is not None else default_out(suite_file)
+    check_output(out, folder=True, where="--out")
+    source = suite_weights(suite, weights, allow_pickle)
+    jobs = plan_suite(suite, source, out)
+    done = sum(read_score(job) is not None for job in jobs)
+    err = Console(stderr=True, quiet=quiet, soft_wrap=True)
+    if done:
+        err.print(f"{done} of {len(jobs)} case x method runs already finished in {out}")
+    with Progress(
+        TextColumn("cases x methods"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+    ) as progress:
+        task = progress.add_task("", total=len(jobs))
+        table = run_suite(
+            suite,
+            jobs,
+            source,
+            out,
+            device=device,
+            dtype=dtype,
+            on_stage=lambda text: progress.update(task, description=text),
+            on_job=lambda job, ran: progress.update(task, advance=1),
+        )
+    if table is None:  # not the main process: it writes and prints the table
+        return
+    Console().print(rich_table(table))
+    for method, missing in table["missing"].items():
+        err.print(f"{method}: no score for {', '.join(missing)}")
+    err.print(f"wrote {out / 'table.json'} and {out / 'table.csv'}")

@@ -56,6 +56,8 @@ STAGE_COMPONENTS: dict[str, tuple[Component, ...]] = {
 }
 #: The longest side of the rendered video by default.
 OUTPUT_SIDE = 256
+#: Textual inversion's steps (the release's 3000, README "Animate124: textual inversion").
+TOKEN_STEPS = 3000
 
 
 class Animate124Options(StageOptions):
@@ -75,6 +77,16 @@ class Animate124Options(StageOptions):
         "by the image, prompts, seed and settings.",
     )
     object_id: int | None = Field(None, description="The spec's object to lift (default first).")
+    token_steps: int = Field(
+        TOKEN_STEPS,
+        ge=0,
+        description="Textual-inversion steps of the token the refine stage prompts "
+        "ControlNet-Tile with (§3.4), trained in RUN/token before refine; 0: no token.",
+    )
+    token_batch_size: int = Field(16, ge=1, description="Images a textual-inversion step.")
+    token_resolution: int = Field(
+        512, ge=8, multiple_of=8, description="Textual inversion's training side."
+    )
     object_fraction: float = Field(
         OBJECT_FRACTION, gt=0.1, le=1.0, description="The object's share of the square (0.8)."
     )
@@ -254,6 +266,8 @@ class Animate124Method(Method):
             "seed": spec.seed,
             "report": self.report,
         }
+        if options.stage == "refine" and options.token_steps > 0:
+            self.train_token(spec, scene, run)
         if options.only_stage:
             result = train_stage(run, options.stage, reference, stage_options, **common)
         else:
@@ -275,6 +289,41 @@ class Animate124Method(Method):
             frame_times(spec.num_frames),
             output_size(scene, options.output_side),
         )
+
+    def train_token(self, spec: MotionSpec, scene: Scene, run: Path) -> None:
+        """The token of the object (Animate124 §3.4) in ``RUN/token`` (`train.TOKEN_DIR`),
+        learned from the scene's image and the object's selection, initialised from the
+        object's label ("object" without one); a finished token with the same record is
+        reused (`textual_inversion.train_token`)."""
+        from anima.methods.animate124 import textual_inversion as ti
+        from anima.methods.animate124.train import TOKEN_DIR
+
+        options = self.options
+        assert isinstance(options, Animate124Options)
+        obj = chosen_object(spec, options.object_id)
+        image_path = spec.resolve(spec.image)
+        inputs = ti.TokenInputs(
+            image_path=image_path,
+            image_sha256=ti.sha256_file(image_path),
+            image=scene.image.float(),
+            mask=(scene.instance == obj.id).float(),
+            mask_source=f"spec object {obj.id}",
+            init_words=obj.label or "object",
+        )
+        config = ti.TokenTrainConfig(
+            image=image_path,
+            out=run / TOKEN_DIR,
+            object_id=obj.id,
+            steps=options.token_steps,
+            batch_size=options.token_batch_size,
+            resolution=options.token_resolution,
+            seed=spec.seed,
+            quiet=True,
+        )
+        self.report(
+            f"animate124: textual inversion of '{inputs.init_words}' ({config.steps} steps)"
+        )
+        ti.train_token(config, self.weights, inputs=inputs)
 
     @torch.no_grad()
     def generate(self, controls: Controls) -> torch.Tensor:
