@@ -302,7 +302,7 @@ def suite_command(
     OUT/table.json + table.csv (rows methods, columns metrics). Every case is checked before
     the first render; finished cases (their score records the same inputs) are not run again,
     so an interrupted suite resumes. Under `accelerate launch` the cases are split across the
-    processes (docs/eval_suite_draft.md)."""
+    processes (README, "Evaluation")."""
     from anima.eval.suite import (
         default_out,
         load_suite,

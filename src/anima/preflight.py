@@ -74,15 +74,22 @@ def check_spec(
     spec = resolve_spec(
         load_spec(path), method=method, seed=seed, num_frames=frames, weights=weights
     )
+    check_resolved_spec(spec, weights, files=files)
+    return spec
+
+
+def check_resolved_spec(spec: MotionSpec, weights: Weights, files: bool = True) -> None:
+    """`check_spec` for a spec already resolved (`anima.pipeline.resolve_spec`), e.g. one a
+    suite changed in memory: the method's options and weights, then (``files``) the memory
+    guard, every file the spec names and the method's inputs."""
     method_cls = get_method(spec.method or "", f"method {spec.where}")
     options = method_cls.parse_options(spec.options, spec.where)
     check_weights(method_cls, weights, options)
     if not files:
-        return spec
+        return
     try:
         check_memory(spec, method_cls, weights, options)  # before reading the image in full
         _check_files(spec)
         method_cls.check_inputs(spec, options)
     except InputError as exc:
         raise exc.in_spec(spec.where) from None
-    return spec
