@@ -15,7 +15,8 @@ architectures with random weights, as a user's checkpoints would run:
 - ``cd_fvd``: VideoMAE (full: VideoMAE-v2 ViT-g/14 at 224 px, cd-FVD's; ``--giant-layers``
   of its 40 layers, the time scaled by 40 / layers);
 - ``clip``: CLIP-I, CLIP-T and CLIP frame consistency together (full: ViT-B/32 at 224 px);
-- ``dino_structure``: frame 0 against a condition (full: DINO ViT-B/8 at 224 px);
+- ``dino_structure``: each frame against the reference's (a metric run scores frame 0
+  against the condition; full: DINO ViT-B/8 at 224 px);
 - ``d_rmse``: Depth Anything on both videos (full: Depth Anything V2 Small's shape);
 - ``face``: Face-Det (OpenCV's Haar cascade) and Face-Cos with the tiny embedder (a user's
   embedder is a TorchScript file: no full size here);
@@ -168,7 +169,10 @@ def dino_family(full: bool):
         dino.model = ViTModel(ViTConfig(patch_size=8), add_pooling_layer=False).eval()
         dino.key_projection = dino.model.encoder.layer[-1].attention.attention.key
         dino.size = 224
-    return lambda video, reference: lambda: dino_structure_similarity(video[0], reference[0], dino)
+    def make(video: torch.Tensor, reference: torch.Tensor) -> Callable[[], Any]:
+        return lambda: [dino_structure_similarity(a, b, dino) for a, b in zip(video, reference)]
+
+    return make
 
 
 def depth_family(full: bool):

@@ -282,7 +282,7 @@ def video_command(
 
 @eval_app.command("suite")
 def suite_command(
-    suite_file: Annotated[Path, typer.Argument(metavar="SUITE", help="Suite JSON file.")],
+    suite: Annotated[Path, typer.Argument(help="Suite JSON file.")],
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Results folder (default: <suite name>-results beside it)."),
@@ -317,11 +317,11 @@ def suite_command(
 
     parse_device(device)
     parse_dtype(dtype)
-    suite = load_suite(suite_file)
-    out = out if out is not None else default_out(suite_file)
+    loaded = load_suite(suite)
+    out = out if out is not None else default_out(loaded)
     check_output(out, folder=True, where="--out")
-    source = suite_weights(suite, weights, allow_pickle)
-    jobs = plan_suite(suite, source, out)
+    source = suite_weights(loaded, weights, allow_pickle)
+    jobs = plan_suite(loaded, source, out)
     done = sum(read_score(job) is not None for job in jobs)
     err = Console(stderr=True, quiet=quiet, soft_wrap=True)
     if done:
@@ -337,7 +337,7 @@ def suite_command(
     ) as progress:
         task = progress.add_task("", total=len(jobs))
         table = run_suite(
-            suite,
+            loaded,
             jobs,
             source,
             out,

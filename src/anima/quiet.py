@@ -14,13 +14,17 @@ Two libraries log on every run for reasons that are not the user's to act on:
   modules still shows.
 
 `install` adds one `logging.Filter` to each of the two loggers; every other record passes. It
-is called when `anima.models` or `anima.methods` is imported, before any of their code imports
-a diffusers pipeline.
+also turns off the progress bars huggingface_hub and transformers (>= 5) draw when a model is
+loaded or saved ("Loading weights", "Writing model shards"): a local load takes a moment and
+anima reports its own stages. It is called when `anima.models`, `anima.methods` or
+`anima.metrics` is imported, before any of their code imports a model library.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 #: (logger name, text of the records that logger drops)
 DROPPED: tuple[tuple[str, str], ...] = (
@@ -41,7 +45,14 @@ class DropMessage(logging.Filter):
 
 
 def install() -> None:
-    """Add the `DROPPED` filters (once: calling again adds nothing)."""
+    """Add the `DROPPED` filters (once: calling again adds nothing) and turn off the model
+    libraries' loading progress bars (the environment variable for libraries imported later,
+    their switch for those already imported)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     for name, text in DROPPED:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessage) and f.text == text for f in logger.filters):

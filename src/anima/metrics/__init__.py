@@ -19,6 +19,9 @@ from anima.metrics.scale import scale_error, true_scale
 from anima.metrics.summary import VideoTruth, expected_centres, summary
 from anima.metrics.tracking import track_points
 from anima.metrics.trajectory import objmc, objmc_objects
+from anima.quiet import install as _quiet_third_party_logs
+
+_quiet_third_party_logs()  # before any metric loads a model library
 
 __all__ = [
     "ObjectMatches",
