@@ -104,9 +104,12 @@ def test_bad_input_is_one_error_line_and_nothing_is_written(made, tmp_path: Path
 
 def test_with_tiny_weights_every_metric_runs(made, tmp_path: Path, capsys) -> None:
     out = tmp_path / "tiny.json"
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red car\n\na dog running\n")
     argv = ["eval", "video", str(made["video"]), "--reference", str(made["video"])]
     argv += ["--render", str(made["dump"]), "--spec", str(made["spec"]), "--prompt", "a box"]
     argv += ["--weights", "tiny", "--clip-length", "3", "--json", str(out), "-q"]
+    argv += ["--captions", str(captions)]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["skipped"] == {}
@@ -116,5 +119,17 @@ def test_with_tiny_weights_every_metric_runs(made, tmp_path: Path, capsys) -> No
         assert values[name] == pytest.approx(0.0, abs=1e-3), name  # the video against itself
     assert values["clip_frame"] > 0.9 and values["dino_structure"] <= 1.0
     assert values["d_rmse"] >= 0.0 and -1.0 <= values["clip_t"] <= 1.0
+    assert values["clip_r"] in [k / 6 for k in range(7)]  # a share of the 6 frames
     for value in values.values():
         assert value is None or value == value  # no NaN (None: face_cos finds no face)
+
+
+def test_anima_weights_lists_the_metric_folders(tmp_path: Path, capsys) -> None:
+    (tmp_path / "metrics" / "i3d").mkdir(parents=True)
+    (tmp_path / "metrics" / "i3d" / "i3d_torchscript.pt").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["weights", "--weights", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    i3d = next(line for line in lines if "metrics/i3d" in line)
+    clip = next(line for line in lines if "metrics/clip" in line)
+    assert "present" in i3d and "absent" in clip

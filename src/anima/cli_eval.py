@@ -210,6 +210,10 @@ def video_command(
         Path | None, typer.Option("--spec", help="The spec the video was made from.")
     ] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", help="Text for CLIP-T.")] = None,
+    captions: Annotated[
+        Path | None,
+        typer.Option("--captions", help="Other captions for CLIP-R, one a line."),
+    ] = None,
     masks: Annotated[
         Path | None, typer.Option("--masks", help="Foreground masks as a video or frames.")
     ] = None,
@@ -247,7 +251,9 @@ def video_command(
     resolved = None
     if spec is not None:  # at the video's length, as `anima animate --frames N` resolves it
         resolved = resolve_spec(load_spec(spec), num_frames=len(frames), weights=source)
-    inputs = inputs_from(frames, resolved, reference, render, prompt, masks=masks, weights=source)
+    inputs = inputs_from(
+        frames, resolved, reference, render, prompt, masks=masks, weights=source, captions=captions
+    )
     err = Console(stderr=True, quiet=quiet)
     with Progress(
         TextColumn("metrics"),

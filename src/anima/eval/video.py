@@ -48,6 +48,7 @@ class EvalInputs:
     image: Tensor | None = None  # (3, H, W): the input image
     condition: Tensor | None = None  # (3, H, W): the condition image (AnyI2V)
     prompt: str | None = None
+    captions: list[str] | None = None  # other captions, CLIP-R's distractors
     spec: Any | None = None  # the resolved MotionSpec (ObjMC)
     intended_tracks: Tensor | None = None  # (N, F, 2) px where the spec takes its points
     tracks_valid: Tensor | None = None  # (N, F) bool
@@ -89,6 +90,7 @@ METRICS: dict[str, Metric] = {
         _m("clip_i", ["image"], mc.CLIP, True, paper="I2V3D Table 1, Animate124 Table 1"),
         _m("clip_frame", [], mc.CLIP, True, paper="I2V3D Table 1, Animate124 Table 1 (CLIP-F)"),
         _m("clip_t", ["prompt"], mc.CLIP, True, paper="Animate124 Table 1"),
+        _m("clip_r", ["prompt", "captions"], mc.CLIP, True, paper="Animate124 Table 1"),
         _m("dino_structure", ["condition"], mc.DINO, True, paper="AnyI2V appendix Table 1"),
         _m("objmc", ["intended_tracks"], None, False, paper="LeviTor Table 1"),
     )
@@ -223,6 +225,7 @@ def _needs_reason(metric: Metric, inputs: EvalInputs) -> str | None:
         "image": "--spec SPEC",
         "condition": "--spec SPEC",
         "prompt": "--prompt TEXT (or a spec's prompt)",
+        "captions": "--captions FILE (other captions, one a line)",
         "intended_tracks": "--spec SPEC with moving objects",
     }
     for need in metric.needs:
@@ -347,7 +350,13 @@ def _score(scorer: _Scorer, name: str, mask: Tensor | None) -> float:
 
 
 def _clip_metric(scorer: _Scorer, name: str) -> float:
-    from anima.metrics.clip import clip_frame_consistency, clip_i, clip_t, load_clip
+    from anima.metrics.clip import (
+        clip_frame_consistency,
+        clip_i,
+        clip_r_precision,
+        clip_t,
+        load_clip,
+    )
 
     clip = scorer.model("clip", lambda: load_clip(scorer.weights, scorer.device))
     frames = scorer.inputs.generated.to(scorer.device)
@@ -355,6 +364,9 @@ def _clip_metric(scorer: _Scorer, name: str) -> float:
         return clip_i(frames, scorer.inputs.image.to(scorer.device), clip)
     if name == "clip_t":
         return clip_t(frames, scorer.inputs.prompt, clip)
+    if name == "clip_r":  # every frame retrieves among the prompt and the other captions
+        captions = [scorer.inputs.prompt, *scorer.inputs.captions]
+        return clip_r_precision(frames, captions, 0, clip)
     return clip_frame_consistency(frames, clip)
 
 
@@ -439,6 +451,7 @@ def inputs_from(
     prompt: str | None = None,
     masks: Path | None = None,
     weights: Weights | None = None,
+    captions: Path | None = None,
 ) -> EvalInputs:
     """`EvalInputs` from files: ``reference`` and ``masks`` are videos (or frame folders),
     ``render`` a guidance render in I2V3D's layout or a ``--dump`` folder holding one under
@@ -459,6 +472,8 @@ def inputs_from(
         video, _fps = read_video(masks, where="--masks")
         _same_shape(video, generated, "the mask video", "--masks")
         inputs.masks = video.mean(dim=1, keepdim=True)
+    if captions is not None:
+        inputs.captions = read_captions(captions)
     if spec is not None:
         from anima.eval.trajectories import spec_inputs
 
@@ -489,3 +504,17 @@ def read_render(path: Path, generated: Tensor) -> tuple[Tensor, Tensor]:
     rgb = torch.stack([frame.rgb for frame in result])
     masks = torch.stack([(frame.instance > 0).float()[None] for frame in result])
     return rgb, masks
+
+
+def read_captions(path: Path) -> list[str]:
+    """CLIP-R's distractor captions: one a line, blank lines left out (Animate124 §4.1 scores
+    retrieval of the true prompt among the benchmark's other prompts)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.__class__.__name__
+        raise InputError(f"cannot read the captions ({reason})", f"--captions {path}") from None
+    captions = [line.strip() for line in lines if line.strip()]
+    if not captions:
+        raise InputError("the captions file has no caption", f"--captions {path}")
+    return captions
