@@ -60,8 +60,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -69,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import machine
 from memory import peak_rss_gib
 
 from anima.methods.animate124.cameras import make_cameras
@@ -229,18 +228,6 @@ def stage_speed(
         speeds[stage] = 1.0 / statistics.median(gaps) if gaps else float("nan")
         report(f"speed {size}x{size} {stage}: {speeds[stage]:.3f} it/s ({len(gaps)} timed)")
     return speeds
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def main() -> None:

@@ -49,8 +49,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +56,7 @@ from contextlib import contextmanager
 
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from machine import machine
 from memory import peak_rss_gib, reset_peak_rss
 
 from anima.attention import skip_motion_modules
@@ -391,17 +390,6 @@ def run_fullsize(args: argparse.Namespace) -> dict:
 
 
 # -- main -----------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def main() -> None:

@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from machine import machine
 from memory import peak_rss_gib
 
 from anima.weights import Weights
@@ -169,8 +168,10 @@ def dino_family(full: bool):
         dino.model = ViTModel(ViTConfig(patch_size=8), add_pooling_layer=False).eval()
         dino.key_projection = dino.model.encoder.layer[-1].attention.attention.key
         dino.size = 224
+
     def make(video: torch.Tensor, reference: torch.Tensor) -> Callable[[], Any]:
-        return lambda: [dino_structure_similarity(a, b, dino) for a, b in zip(video, reference)]
+        pairs = list(zip(video, reference, strict=True))
+        return lambda: [dino_structure_similarity(a, b, dino) for a, b in pairs]
 
     return make
 
@@ -266,17 +267,6 @@ def test_video(frames: int, size: int, seed: int = 0) -> tuple[torch.Tensor, tor
     video = torch.cat([torch.roll(base, shifts=2 * f, dims=-1) for f in range(frames)])
     noise = 0.05 * torch.randn(video.shape, generator=generator)
     return video, (video + noise).clamp(0, 1)
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def main() -> None:

@@ -474,23 +474,28 @@ def parse_spec(data: Any, where: str = "spec", base_dir: Path | None = None) -> 
     return spec.with_base_dir(base_dir or Path.cwd()).with_source(where)
 
 
-def load_spec(path: str | Path) -> MotionSpec:
-    """Read and validate a spec file; relative paths inside resolve against its directory."""
-    path = Path(path)
-    where = f"in {path}"
+def read_json_file(path: Path, kind: str) -> Any:
+    """The JSON in the ``kind`` file at ``path`` ("spec", "suite"); an unreadable file or
+    invalid JSON is one `InputError` naming the file (and the line and column)."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is allowed
     except FileNotFoundError:
-        raise InputError(f"spec file not found: {path}") from None
+        raise InputError(f"{kind} file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read spec file {path}: {exc}") from None
+        raise InputError(f"cannot read {kind} file {path}: {exc}") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(
-            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", where
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", f"in {path}"
         ) from None
-    return parse_spec(data, where, base_dir=path.resolve().parent)
+
+
+def load_spec(path: str | Path) -> MotionSpec:
+    """Read and validate a spec file; relative paths inside resolve against its directory."""
+    path = Path(path)
+    data = read_json_file(path, "spec")
+    return parse_spec(data, f"in {path}", base_dir=path.resolve().parent)
 
 
 def spec_to_json(spec: MotionSpec) -> str:

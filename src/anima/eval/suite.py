@@ -46,7 +46,7 @@ from anima.eval.runs import (
 )
 from anima.methods.registry import get_method
 from anima.preflight import check_resolved_spec
-from anima.spec import MotionSpec, format_validation_error, load_spec
+from anima.spec import MotionSpec, format_validation_error, load_spec, read_json_file
 from anima.weights import Weights
 
 CASE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -105,18 +105,7 @@ class Suite:
 def load_suite(path: Path) -> Suite:
     """Read and validate a suite file; every error is one line naming the field and file."""
     where = f"in {path}"
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"suite file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read suite file {path}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", where
-        ) from None
+    data = read_json_file(Path(path), "suite")
     if not isinstance(data, dict):
         raise InputError("a suite must be a JSON object", where)
     try:
