@@ -31,13 +31,14 @@ density shells are sampled too coarsely). Figures:
 - ``static_iterations``, ``dynamic_iterations``, ``static_s``, ``dynamic_s``,
   ``oracle_total_s``: iterations and wall seconds of each stage and of the whole part.
 
-**Stage speed** (part b; ``--no-speed`` skips it). Each stage (static, dynamic, refine) with
-the tiny learned priors (``--weights tiny``: `train.load_priors`), the field at full size (64
-time grids of 16 levels, 2^16 entries, resolutions 16-2048: `field.parameter_count`), the
-stages' default settings otherwise (clips of 16 frames, random lambertian / textureless
-shading) but for the marching steps (``--speed-march-steps``:
-`volume.FAST_STEPS` = 128, the CPU setting; the release's 1024 costs up to 8 x more per ray)
-at ``--speed-sizes`` (64 and 128) pixel renders:
+**Stage speed** (part b; ``--no-speed`` skips it, ``--no-oracle`` skips part a). Each stage
+(static, dynamic, refine) with the tiny learned priors (``--weights tiny``:
+`train.load_priors`), the field at full size (64 time grids of 16 levels, 2^16 entries,
+resolutions 16-2048: `field.parameter_count`), the stages' default settings otherwise (clips
+of 16 frames, random lambertian / textureless shading, or ``--speed-shading albedo``: no
+normals, a seventh of the field's evaluations) but for the marching steps
+(``--speed-march-steps``: `volume.FAST_STEPS` = 128, the CPU setting; the release's 1024
+costs up to 8 x more per ray) at ``--speed-sizes`` (64 and 128) pixel renders:
 ``--speed-steps`` iterations of each stage, timed through the loop's per-step progress
 callback; ``it_per_s[size][stage]`` is one over the median seconds of the iterations after
 the first (the first includes the priors' and optimiser's warm-up). The stages are trained in
@@ -45,14 +46,17 @@ one run folder, each from the previous one's field, exactly as a user's run (the
 written between stages is not timed). ``--speed-stages`` times only some stages (the ones
 before them run one untimed iteration each, so that the timed ones start from a field of the
 right shape): on a 2-core CPU one full-size dynamic iteration at 64 px did not finish in 14
-minutes (12 GB resident), so there ``--speed-stages static`` is what fits.
+minutes (12 GB resident), so there ``--speed-stages static`` or ``--speed-shading albedo``
+is what fits.
 ``field_parameters`` is the full-size dynamic field's parameter count;
 ``peak_rss_gib`` the process's peak resident memory (``VmHWM``, Linux) over
-the whole benchmark; ``speed_steps`` and ``speed_march_steps`` the settings.
+the whole benchmark; ``speed_steps``, ``speed_march_steps`` and ``speed_shading`` the
+settings.
 
 Prints progress lines and, last, one JSON object with every figure and the machine.
 
-    python benchmarks/animate124.py [--seed 0] [--quick] [--no-speed] [--threads 1]
+    python benchmarks/animate124.py [--seed 0] [--quick] [--no-speed | --no-oracle]
+        [--speed-shading albedo] [--speed-sizes 64 128] [--threads 1]
 """
 
 from __future__ import annotations
@@ -194,11 +198,13 @@ def stage_speed(
     run: Path,
     stages: tuple[str, ...] = STAGES,
     report: Any = print,
+    shading: str = "random",
 ) -> dict[str, float]:
     """Part (b) at ``size`` pixel renders: iterations per second of each stage."""
     options = StageOptions(
         render_size=size,
         march_steps=march_steps,
+        shading=shading,
         static_steps=steps,
         dynamic_steps=steps,
         refine_steps=steps,
@@ -235,6 +241,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the toy scene's seed")
     parser.add_argument("--quick", action="store_true", help="a short oracle run")
     parser.add_argument("--no-speed", action="store_true", help="skip the stage speed part")
+    parser.add_argument("--no-oracle", action="store_true", help="skip the oracle part")
     parser.add_argument("--speed-sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--speed-steps", type=int, default=3, help="iterations a stage (>= 2)")
     parser.add_argument(
@@ -242,6 +249,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--speed-stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages timed"
+    )
+    parser.add_argument(
+        "--speed-shading",
+        default="random",
+        choices=("random", "albedo"),
+        help="the stages' shading when timed (random: the default, normals every step)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
@@ -257,7 +270,8 @@ def main() -> None:
         settings[key] = json.loads(value)
     report: dict[str, Any] = {"benchmark": "animate124", "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="animate124-") as tmp:
-        report["oracle"] = oracle_reconstruction(args.seed, settings, Path(tmp) / "oracle")
+        if not args.no_oracle:
+            report["oracle"] = oracle_reconstruction(args.seed, settings, Path(tmp) / "oracle")
         if not args.no_speed:
             report["it_per_s"] = {
                 str(size): stage_speed(
@@ -266,11 +280,13 @@ def main() -> None:
                     args.speed_march_steps,
                     Path(tmp) / f"speed{size}",
                     tuple(args.speed_stages),
+                    shading=args.speed_shading,
                 )
                 for size in args.speed_sizes
             }
             report["speed_steps"] = args.speed_steps
             report["speed_march_steps"] = args.speed_march_steps
+            report["speed_shading"] = args.speed_shading
     report["field_parameters"] = parameter_count(**full_field())
     report["peak_rss_gib"] = peak_rss_gib()
     print(json.dumps(report))
