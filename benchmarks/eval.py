@@ -141,7 +141,11 @@ def clip_family(full: bool):
     if full:
         from transformers import CLIPConfig, CLIPModel
 
-        text = {"vocab_size": clip.model.config.text_config.vocab_size}  # the tiny tokenizer's
+        tiny_text = clip.model.config.text_config  # the tiny tokenizer's vocabulary
+        text = {
+            key: getattr(tiny_text, key)
+            for key in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+        }
         model = CLIPModel(CLIPConfig(text_config=text)).eval()
         clip = ClipModel(
             model, clip.tokenizer, 224, (224, 224), clip.mean, clip.std, torch.device("cpu")
@@ -159,14 +163,14 @@ def clip_family(full: bool):
 
 
 def dino_family(full: bool):
-    from anima.metrics.structure import dino_structure_similarity, load_dino
+    from anima.metrics.structure import dino_structure_similarity, last_key_projection, load_dino
 
     dino = load_dino(TINY)
     if full:
         from transformers import ViTConfig, ViTModel
 
         dino.model = ViTModel(ViTConfig(patch_size=8), add_pooling_layer=False).eval()
-        dino.key_projection = dino.model.encoder.layer[-1].attention.attention.key
+        dino.key_projection = last_key_projection(dino.model)
         dino.size = 224
 
     def make(video: torch.Tensor, reference: torch.Tensor) -> Callable[[], Any]:

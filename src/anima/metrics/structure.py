@@ -56,7 +56,7 @@ class DinoModel:
     device: torch.device
 
 
-def _last_key_projection(model: torch.nn.Module) -> torch.nn.Module:
+def last_key_projection(model: torch.nn.Module) -> torch.nn.Module:
     """The key ``nn.Linear`` of the last self-attention (named ``key`` in transformers 4,
     ``k_proj`` in 5)."""
     found = [
@@ -112,7 +112,7 @@ def load_dino(
     model = model.to(device=device, dtype=dtype).eval()
     return DinoModel(
         model=model,
-        key_projection=_last_key_projection(model),
+        key_projection=last_key_projection(model),
         size=int(model.config.image_size),
         mean=tuple(float(v) for v in stats.get("image_mean", IMAGENET_MEAN)),
         std=tuple(float(v) for v in stats.get("image_std", IMAGENET_STD)),
