@@ -47,7 +47,7 @@ per-ray ``orientation``: weight x max(0, n.d)^2, mean over pixels) and 2D normal
 
 Optimiser (set by `train.train_stage`): Adam (AdamW with no weight decay), lr 1e-3, betas
 (0.9, 0.99); the grids at ``grid_lr_scale`` x lr (the paper 1; the release 10) through
-`Trainer.lr_scale`.
+`Trainer.lr_scale`; constant, or with ``lr_min`` a cosine decay over each stage.
 """
 
 from __future__ import annotations
@@ -126,6 +126,12 @@ class StageOptions(BaseModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (§4.1: 1e-3).")
     grid_lr_scale: float = Field(
         1.0, gt=0, description="The grids' lr over the MLP's: paper 1, the release's 10."
+    )
+    lr_min: float | None = Field(
+        None,
+        gt=0,
+        description="Cosine decay of each stage's lr down to this at its last step (None: "
+        "constant, the paper's).",
     )
     adam_betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas (the release's).")
     adam_epsilon: float = Field(1e-15, gt=0, description="Adam epsilon (stable-dreamfusion's).")

@@ -559,6 +559,7 @@ def train_stage(
         out=folder,
         steps=steps,
         lr=options.lr,
+        lr_min=options.lr_min,
         max_grad_norm=None,
         adam_beta1=options.adam_betas[0],
         adam_beta2=options.adam_betas[1],
