@@ -193,14 +193,16 @@ def test_pytorch_fid_state_dict_loads_strictly(tmp_path):
     folder = tmp_path / "metrics" / "inception"
     folder.mkdir(parents=True)
     torch.save(state, folder / PYTORCH_FID_FILE)
-    extractor = feat.load_inception(Weights(root=tmp_path))
+    with pytest.raises(InputError, match="--allow-pickle"):  # a .pth is a pickle
+        feat.load_inception(Weights(root=tmp_path))
+    extractor = feat.load_inception(Weights(root=tmp_path, allow_pickle=True))
     assert not extractor.scripted
     loaded = extractor.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, folder / PYTORCH_FID_FILE)
     with pytest.raises(InputError, match="extra.weight"):
-        feat.load_inception(Weights(root=tmp_path))
+        feat.load_inception(Weights(root=tmp_path, allow_pickle=True))
 
 
 def test_i3d_torchscript_calling_convention(tmp_path):

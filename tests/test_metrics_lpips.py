@@ -105,7 +105,9 @@ def test_weight_folder_loads_torchvision_and_lpips_layouts_strictly(tmp_path):
         for i, c in enumerate((64, 192, 384, 256, 256))
     }
     _write_folder(tmp_path, backbone, lins)
-    model = load_lpips(Weights(root=tmp_path))
+    with pytest.raises(InputError, match="--allow-pickle"):  # .pth files are pickles
+        load_lpips(Weights(root=tmp_path))
+    model = load_lpips(Weights(root=tmp_path, allow_pickle=True))
     assert isinstance(model, LPIPS) and model.net == "alex"
     assert torch.equal(model.features[0].weight, backbone["features.0.weight"])
     assert torch.equal(model.lin2.model[1].weight, lins["lin2.model.1.weight"])
@@ -116,26 +118,26 @@ def test_weight_folder_loads_torchvision_and_lpips_layouts_strictly(tmp_path):
     del backbone["features.10.bias"]
     _write_folder(tmp_path, backbone, lins)
     with pytest.raises(InputError, match="features.10.bias"):
-        load_lpips(Weights(root=tmp_path))
+        load_lpips(Weights(root=tmp_path, allow_pickle=True))
     backbone = _alexnet_torchvision_state(7)
     lins["lin5.model.1.weight"] = torch.rand(1, 4, 1, 1)
     _write_folder(tmp_path, backbone, lins)
     with pytest.raises(InputError, match="lin5"):
-        load_lpips(Weights(root=tmp_path))
+        load_lpips(Weights(root=tmp_path, allow_pickle=True))
 
 
 def test_weight_folder_errors_name_file_and_folder(tmp_path):
     with pytest.raises(InputError, match="lpips.json not found") as error:
-        load_lpips(Weights(root=tmp_path))
+        load_lpips(Weights(root=tmp_path, allow_pickle=True))
     assert str(tmp_path / "metrics" / "lpips") in str(error.value)
     folder = tmp_path / "metrics" / "lpips"
     folder.mkdir(parents=True)
     (folder / "lpips.json").write_text(json.dumps({"net": "squeeze"}))
     with pytest.raises(InputError, match='"net"'):
-        load_lpips(Weights(root=tmp_path))
+        load_lpips(Weights(root=tmp_path, allow_pickle=True))
     (folder / "lpips.json").write_text(json.dumps({"net": "vgg"}))
     with pytest.raises(InputError, match="vgg16.pth not found"):
-        load_lpips(Weights(root=tmp_path))
+        load_lpips(Weights(root=tmp_path, allow_pickle=True))
 
 
 def test_tiny_weights():

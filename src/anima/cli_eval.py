@@ -229,6 +229,7 @@ def video_command(
     ] = None,
     clip_length: Annotated[int, typer.Option(help="Frames per FVD clip.", min=2)] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    allow_pickle: Annotated[bool, typer.Option(help="Allow loading pickle checkpoints.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Every metric the papers report whose inputs are given and whose weights are present.
@@ -241,7 +242,7 @@ def video_command(
     from anima.spec import load_spec
     from anima.weights import Weights
 
-    source = Weights.resolve(weights)
+    source = Weights.resolve(weights, allow_pickle=allow_pickle)
     wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     if wanted is not None:
         check_metric_names(wanted)

@@ -8,7 +8,7 @@ of the same architectures (the scores are meaningless, every code path runs). Fo
 
 - ``inception/``: the FID Inception-v3 as the reference implementations ship it, either
   clean-fid's / StyleGAN's TorchScript ``inception-2015-12-05.pt`` or pytorch-fid's state dict
-  ``pt_inception-2015-12-05-6726825d.pth`` (tensors only).
+  ``pt_inception-2015-12-05-6726825d.pth`` (a pickle: read with ``--allow-pickle``).
 - ``i3d/``: the FVD I3D as StyleGAN-V ships it, TorchScript ``i3d_torchscript.pt``.
 - ``videomae/``: content-debiased FVD's VideoMAE, transformers layout.
 - ``dtfvd/``: DTFVD's backbone, a user-given TorchScript ``model.pt`` (clips to features).
@@ -18,7 +18,8 @@ of the same architectures (the scores are meaningless, every code path runs). Fo
   embeddings, ArcFace's convention); detection is OpenCV's.
 - ``cotracker/``: CoTracker as TorchScript ``cotracker.pt`` (video and query points to tracks
   and visibility); without it ObjMC uses the project's own tracker.
-- ``lpips/``: LPIPS, the backbone's and the linear layers' state dicts.
+- ``lpips/``: LPIPS, the backbone's and the linear layers' state dicts (``.safetensors``, or
+  ``.pth`` with ``--allow-pickle``).
 """
 
 from __future__ import annotations

@@ -241,7 +241,8 @@ def _load_torchscript(path: Path, kind: str, device: torch.device | str) -> torc
 def load_inception(weights: Weights, device: torch.device | str = "cpu") -> InceptionFeatures:
     """FID's Inception (`InceptionFeatures`) from ``DIR/metrics/inception/``: the TorchScript
     ``inception-2015-12-05.pt`` when present, else pytorch-fid's state dict
-    ``pt_inception-2015-12-05-6726825d.pth`` (tensors only) in the hand-written network;
+    ``pt_inception-2015-12-05-6726825d.pth`` (a pickle: ``--allow-pickle``, tensors only) in
+    the hand-written network;
     ``--weights tiny``: a width-1/16 FID Inception at 75 px."""
     if weights.builtin == "tiny":
         model = fid_inception(random=True, **TINY_INCEPTION)
@@ -251,9 +252,11 @@ def load_inception(weights: Weights, device: torch.device | str = "cpu") -> Ince
     if scripted.is_file():
         module = _load_torchscript(scripted, "FID Inception", device)
         return InceptionFeatures(module, scripted=True).eval()
+    from anima.models.loading import read_weights_file
+
     path = folder / PYTORCH_FID_FILE
+    state = read_weights_file(path, weights.allow_pickle)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model = fid_inception(state_dict=state)
     except KeyError as error:
         raise InputError(

@@ -26,8 +26,9 @@ Weights (``DIR/metrics/lpips/``, `anima.metrics.components.LPIPS`)::
     alex.pth | vgg.pth              the lpips package's v0.1 linear layers
                                     (``lpips/weights/v0.1/<net>.pth``)
 
-Each ``.pth`` may be a ``.safetensors`` file of the same name instead; ``.pth`` files are read
-tensors-only (``torch.load(weights_only=True)``).
+Each ``.pth`` may be a ``.safetensors`` file of the same name instead; ``.pth`` files are
+pickles, read only with ``--allow-pickle`` and then tensors-only
+(`anima.models.loading.read_weights_file`).
 """
 
 from __future__ import annotations
@@ -233,8 +234,8 @@ def load_lpips(weights: Weights, device: torch.device | str = "cpu") -> LPIPS:
     if str(config.get("version", "0.1")) != "0.1":
         raise InputError(f"LPIPS: only version 0.1 is supported ({CONFIG_FILE})", f"in {folder}")
     model = LPIPS(net)
-    backbone = _read_state_dict(folder, BACKBONE_FILES[net])
-    lins = _read_state_dict(folder, net)
+    backbone = _read_state_dict(folder, BACKBONE_FILES[net], weights.allow_pickle)
+    lins = _read_state_dict(folder, net, weights.allow_pickle)
     try:
         model.load_backbone(backbone)
         model.load_lins(lins)
@@ -243,8 +244,9 @@ def load_lpips(weights: Weights, device: torch.device | str = "cpu") -> LPIPS:
     return model.eval().requires_grad_(False).to(device)
 
 
-def _read_state_dict(folder: Path, stem: str) -> dict[str, torch.Tensor]:
-    """``stem.safetensors`` or ``stem.pth`` (tensors only) from ``folder``."""
+def _read_state_dict(folder: Path, stem: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """``stem.safetensors``, or ``stem.pth`` (with ``allow_pickle``, tensors only), from
+    ``folder``."""
     safetensors_path = folder / f"{stem}.safetensors"
     if safetensors_path.is_file():
         from safetensors.torch import load_file
@@ -253,12 +255,9 @@ def _read_state_dict(folder: Path, stem: str) -> dict[str, torch.Tensor]:
     path = folder / f"{stem}.pth"
     if not path.is_file():
         raise InputError(f"LPIPS: {stem}.pth not found", f"in {folder}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
-        raise InputError(
-            f"LPIPS: cannot read {path.name} ({_first_line(error)})", f"in {folder}"
-        ) from None
+    from anima.models.loading import read_weights_file
+
+    state = read_weights_file(path, allow_pickle)
     if not isinstance(state, dict):
         raise InputError(f"LPIPS: {path.name} is not a state dict", f"in {folder}")
     return dict(state)

@@ -57,10 +57,17 @@ def load_model(
         raise InputError(f"cannot load {kind} ({reason})", str(folder)) from error
 
 
-def read_weights_file(path: Path) -> Any:
+def read_weights_file(path: Path, allow_pickle: bool = True) -> Any:
     """What a checkpoint file holds: ``safetensors`` by suffix, else a pickle read with
-    ``torch.load(weights_only=True)`` (tensors and plain containers only; callers ask for
-    ``--allow-pickle`` first). Any failure is one `InputError` naming the file."""
+    ``torch.load(weights_only=True)`` (tensors and plain containers only), which needs
+    ``allow_pickle`` (``--allow-pickle``; callers that checked it already leave the default).
+    Any failure is one `InputError` naming the file."""
+    if path.suffix != ".safetensors" and not allow_pickle:
+        raise InputError(
+            f"{path.name} is a pickle file; pass --allow-pickle to read it (tensors only), or "
+            "save it as .safetensors",
+            f"in {path.parent}",
+        )
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
