@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import EXAMPLES
+from test_animate124_method import FAST as ANIMATE124_FAST
 
 from anima.pipeline import animate, resolve_spec
 from anima.spec import load_spec
@@ -48,23 +49,8 @@ CASES = {
         {
             "num_frames": 3,
             "method": "animate124",
-            "options": {
-                "run": "run",
-                "static_steps": 2,
-                "dynamic_steps": 1,
-                "refine_steps": 1,
-                "render_size": 16,
-                "march_steps": 16,
-                "num_times": 4,
-                "grid_levels": 4,
-                "grid_base_resolution": 4,
-                "grid_max_resolution": 32,
-                "grid_log2_table": 10,
-                "mlp_hidden": 16,
-                "tv_points": 256,
-                "reference_warmup": 0,
-                "output_side": 32,
-            },
+            "options": {"run": "run"}
+            | {k: v for k, v in ANIMATE124_FAST.items() if k != "shading"},
         },
     ),
     "anyi2v": (
